@@ -1,0 +1,7 @@
+"""fxquant: post-training quantization of vision transformers as torch.fx passes, lowered to ONNX."""
+from fxquant.api import QuantizedModel, convert
+from fxquant.config import QuantConfig, RoleSpec
+from fxquant.errors import FxQuantError
+from fxquant.trace import trace
+
+__all__ = ["convert", "trace", "QuantizedModel", "QuantConfig", "RoleSpec", "FxQuantError"]

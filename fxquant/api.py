@@ -1,0 +1,37 @@
+"""The public surface: convert() runs the whole pipeline and returns a QuantizedModel."""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import torch
+import torch.fx as fx
+
+from fxquant import config as config_mod
+from fxquant.calibrate import calibrate
+from fxquant.config import QuantConfig
+from fxquant.passes.annotate_roles import annotate_roles
+from fxquant.passes.insert_observers import insert_observers
+from fxquant.passes.quantize import quantize
+from fxquant.trace import trace
+
+
+class QuantizedModel(fx.GraphModule):
+    """A GraphModule running the quantized numerics, with the config that made it."""
+
+    def __init__(self, gm: fx.GraphModule, config: QuantConfig, convert_seconds: float):
+        super().__init__(gm, gm.graph, f"Quantized{type(gm).__name__}")
+        self.config = config
+        self.convert_seconds = convert_seconds
+
+
+def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantConfig = "minmax",
+            bits: str | None = None, input_names: Sequence[str] | None = None) -> QuantizedModel:
+    """Trace, calibrate and quantize `model` as recipe `config` says (bits like "w4a4")."""
+    start = time.perf_counter()
+    cfg = config_mod.resolve(config, bits)
+    gm = annotate_roles(trace(model, input_names))
+    insert_observers(gm, cfg)
+    calibrate(gm, calib_loader)
+    quantize(gm, cfg)
+    return QuantizedModel(gm, cfg, time.perf_counter() - start)

@@ -1,0 +1,54 @@
+"""Run calibration data through a graph with observers, checking the data on the way."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+from tqdm import tqdm
+
+from fxquant.data import batch_inputs, input_tensors
+from fxquant.errors import FxQuantError
+
+
+def model_device(module) -> torch.device:
+    """Where inputs must go: the device of the first parameter or buffer (CPU if none)."""
+    if not isinstance(module, torch.nn.Module):
+        return torch.device("cpu")
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def run_batch(module: torch.nn.Module, batch, index: int, what: str = "calibration"):
+    """Forward one loader item, naming the batch and its shape if the model rejects it."""
+    args, kwargs = batch_inputs(batch)
+    device = model_device(module)
+    for t in input_tensors(args, kwargs):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise FxQuantError(f"{what} batch {index} contains NaN or Inf values")
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    try:
+        return module(*args, **kwargs)
+    except FxQuantError:
+        raise
+    except Exception as e:
+        shapes = [tuple(t.shape) for t in input_tensors(args, kwargs)]
+        raise FxQuantError(f"the model cannot run {what} batch {index} with input shape(s) "
+                           f"{shapes}: {e}") from e
+
+
+@torch.no_grad()
+def calibrate(gm: fx.GraphModule, loader: Iterable, max_batches: int | None = None) -> int:
+    """Feed the loader through `gm` (observers record); returns the number of batches seen."""
+    gm.eval()
+    seen = 0
+    for index, batch in enumerate(tqdm(loader, desc="calibrating", leave=False)):
+        if max_batches is not None and index >= max_batches:
+            break
+        run_batch(gm, batch, index)
+        seen += 1
+    if seen == 0:
+        raise FxQuantError("the calibration loader is empty: give it at least one batch")
+    return seen

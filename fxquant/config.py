@@ -1,0 +1,98 @@
+"""QuantConfig and the named recipes. A recipe is data: a quantizer choice per role, plus passes.
+
+Bits are given apart from the recipe (`"w4a4"`, `"w8a8attn4"`) and fill the `w` / `a` / `attn`
+slots the role specs refer to.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from fxquant import roles
+from fxquant.errors import FxQuantError
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """How tensors of one role are quantized."""
+    quantizer: str = "uniform"      # uniform (later issues add log2, logsqrt2, tan, two_scale)
+    observer: str = "minmax"        # minmax | percentile | mse (percentile-MSE search)
+    per_channel: bool = False       # per output channel for weights, per last-dim channel else
+    symmetric: bool = False
+    bits: str = "a"                 # "w", "a", "attn", or a fixed number such as "8"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    name: str
+    roles: Mapping[str, RoleSpec]
+    w_bits: int = 8
+    a_bits: int = 8
+    attn_bits: int | None = None    # post-softmax bits; None means a_bits
+    passes: tuple[str, ...] = ()    # graph passes between calibration and quantization
+    refine: tuple[str, ...] = ()    # passes after quantization ("recon", "cpt-v")
+    options: Mapping[str, object] = field(default_factory=dict)
+
+    def bits_for(self, spec: RoleSpec) -> int:
+        slots = {"w": self.w_bits, "a": self.a_bits,
+                 "attn": self.attn_bits if self.attn_bits is not None else self.a_bits}
+        bits = slots[spec.bits] if spec.bits in slots else int(spec.bits)
+        if not 2 <= bits <= 8:
+            raise FxQuantError(f"bit-width {bits} is not supported: use 2 to 8 bits")
+        return bits
+
+    @property
+    def bits_label(self) -> str:
+        label = f"w{self.w_bits}a{self.a_bits}"
+        return label + (f"attn{self.attn_bits}" if self.attn_bits is not None else "")
+
+
+_ACT = RoleSpec()
+RECIPES: dict[str, QuantConfig] = {
+    "minmax": QuantConfig(
+        name="minmax",
+        roles={
+            roles.WEIGHT: RoleSpec(per_channel=True, symmetric=True, bits="w"),
+            roles.MODEL_INPUT: RoleSpec(bits="8"),
+            roles.POST_LAYERNORM: _ACT,
+            roles.POST_GELU: _ACT,
+            roles.LINEAR_INPUT: _ACT,
+            roles.MATMUL_INPUT: _ACT,
+            roles.POST_SOFTMAX: RoleSpec(bits="attn"),
+        },
+    ),
+}
+
+# Refinement passes a recipe name may chain with "+" (filled in as they are implemented).
+REFINEMENTS: tuple[str, ...] = ()
+
+_BITS = re.compile(r"^w(\d+)a(\d+)(?:attn(\d+))?$")
+
+
+def parse_bits(bits: str) -> dict[str, int | None]:
+    """'w4a4' -> {'w_bits': 4, 'a_bits': 4, 'attn_bits': None}; 'w8a8attn4' sets attn_bits."""
+    m = _BITS.match(bits.strip().lower())
+    if not m:
+        raise FxQuantError(f"cannot read bit-widths {bits!r}: write them like w8a8, w4a4 or w8a8attn4")
+    parsed = {"w_bits": int(m[1]), "a_bits": int(m[2]), "attn_bits": int(m[3]) if m[3] else None}
+    for key, value in parsed.items():
+        if value is not None and not 2 <= value <= 8:
+            raise FxQuantError(f"bit-width {value} in {bits!r} is not supported: use 2 to 8 bits")
+    return parsed
+
+
+def resolve(config: str | QuantConfig, bits: str | None = None) -> QuantConfig:
+    """A recipe name (with `+refinement` suffixes) or a QuantConfig, with bits applied."""
+    if isinstance(config, QuantConfig):
+        cfg = config
+    else:
+        base, *refine = config.strip().lower().split("+")
+        if base not in RECIPES:
+            raise FxQuantError(f"unknown recipe {base!r}: choose one of {sorted(RECIPES)}")
+        unknown = [r for r in refine if r not in REFINEMENTS]
+        if unknown:
+            raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {list(REFINEMENTS)}")
+        cfg = replace(RECIPES[base], refine=RECIPES[base].refine + tuple(refine))
+        cfg = replace(cfg, name=config.strip().lower())
+    return replace(cfg, **parse_bits(bits)) if bits else cfg

@@ -1,0 +1,62 @@
+"""Mark every tensor fxquant will quantize with its role, found by graph structure.
+
+Activations: each input of a Linear/Conv and both operands of an activation matmul; the role
+comes from what computed the values (LayerNorm, Softmax, GELU) looking back through layout ops.
+Weights: every Linear/Conv node is marked too. Roles live in `node.meta["fxquant_role"]` (the
+tensor the node outputs) and `node.meta["fxquant_weight"]` (the node's weight).
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from fxquant import patterns, roles
+from fxquant.errors import FxQuantError
+
+
+def _activation_role(gm, value: fx.Node, consumer: fx.Node) -> str:
+    source = patterns.trace_back(value).source
+    if source.op == "placeholder":
+        return roles.MODEL_INPUT
+    if patterns.is_layernorm(gm, source):
+        return roles.POST_LAYERNORM
+    if patterns.is_softmax(gm, source):
+        return roles.POST_SOFTMAX
+    if patterns.is_gelu(gm, source):
+        return roles.POST_GELU
+    return roles.LINEAR_INPUT if patterns.is_weighted(gm, consumer) else roles.MATMUL_INPUT
+
+
+def quantized_inputs(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """The activation inputs of `node` that get quantized."""
+    if patterns.is_weighted(gm, node):
+        return [node.args[0]]
+    if patterns.is_matmul(gm, node):
+        return list(node.args[:2])
+    return []
+
+
+def annotate_roles(gm: fx.GraphModule) -> fx.GraphModule:
+    for node in gm.graph.nodes:
+        node.meta.pop(roles.META_KEY, None)
+        node.meta.pop(roles.WEIGHT_KEY, None)
+    n_weighted = 0
+    for node in gm.graph.nodes:
+        if patterns.is_weighted(gm, node):
+            node.meta[roles.WEIGHT_KEY] = True
+            n_weighted += 1
+        for value in quantized_inputs(gm, node):
+            value.meta.setdefault(roles.META_KEY, _activation_role(gm, value, node))
+    if n_weighted == 0:
+        raise FxQuantError(f"{type(gm).__name__} has no Linear or Conv2d layer: nothing to quantize")
+    return gm
+
+
+def role_table(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """(tensor name, role) in graph order, for inspection and tests; weights as `<node>.weight`."""
+    table = []
+    for n in gm.graph.nodes:
+        if n.meta.get(roles.WEIGHT_KEY):
+            table.append((f"{n.name}.weight", roles.WEIGHT))
+        if roles.META_KEY in n.meta:
+            table.append((n.name, n.meta[roles.META_KEY]))
+    return table

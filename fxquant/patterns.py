@@ -1,0 +1,115 @@
+"""Structural finders over the canonical graph: what a node computes, never what it is named.
+
+A pattern here is a predicate on a node (`is_layernorm`, `is_softmax`, ...) or a walk through
+layout-only ops (reshape/permute/pad/roll/getitem, ...) that keep every value and move it around.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+_LAYOUT_METHODS = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
+                   "roll", "unbind", "chunk", "split", "squeeze", "unsqueeze", "expand"}
+_LAYOUT_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.flatten, torch.roll,
+                     torch.unbind, torch.chunk, torch.split, torch.squeeze, torch.unsqueeze,
+                     F.pad, torch.narrow, operator.getitem}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _is_module(gm, node, types) -> bool:
+    return isinstance(module_of(gm, node), types)
+
+
+def is_linear(gm, node) -> bool:
+    return _is_module(gm, node, nn.Linear)
+
+
+def is_conv(gm, node) -> bool:
+    return _is_module(gm, node, nn.Conv2d)
+
+
+def is_weighted(gm, node) -> bool:
+    """Layers whose weight fxquant stores as integer codes."""
+    return _is_module(gm, node, (nn.Linear, nn.Conv2d))
+
+
+def is_layernorm(gm, node) -> bool:
+    return _is_module(gm, node, nn.LayerNorm) or (
+        node.op == "call_function" and node.target is F.layer_norm)
+
+
+def is_softmax(gm, node) -> bool:
+    return (_is_module(gm, node, nn.Softmax)
+            or (node.op == "call_function" and node.target in (torch.softmax, F.softmax))
+            or (node.op == "call_method" and node.target == "softmax"))
+
+
+def is_gelu(gm, node) -> bool:
+    return (_is_module(gm, node, nn.GELU)
+            or (node.op == "call_function" and node.target is F.gelu))
+
+
+def is_matmul(gm, node) -> bool:
+    """An activation-by-activation product (both operands computed in the graph)."""
+    is_mm = ((node.op == "call_function" and node.target in _MATMUL_FUNCTIONS)
+             or (node.op == "call_method" and node.target == "matmul"))
+    return is_mm and all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2])
+
+
+def is_layout(node: fx.Node) -> bool:
+    """Ops that only move values: the path LN -> Linear may pass through any number of them."""
+    if node.op == "call_method":
+        return node.target in _LAYOUT_METHODS
+    if node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS:
+        return isinstance(node.args[0], fx.Node)
+    return False
+
+
+@dataclass(frozen=True)
+class LayoutPath:
+    """`source` reaches `end` through layout-only ops (`ops`, source side first)."""
+    source: fx.Node
+    ops: tuple[fx.Node, ...]
+    end: fx.Node
+
+
+def trace_back(node: fx.Node) -> LayoutPath:
+    """Walk from `node` up through layout ops to the node that computed the values."""
+    ops = []
+    cur = node
+    while is_layout(cur):
+        ops.append(cur)
+        cur = cur.args[0]
+    return LayoutPath(source=cur, ops=tuple(reversed(ops)), end=node)
+
+
+def layernorm_to_linears(gm: fx.GraphModule) -> dict[fx.Node, list[tuple[LayoutPath, fx.Node]]]:
+    """LayerNorm -> [layout ops]* -> Linear(s): for each LN, every Linear its output feeds."""
+    found: dict[fx.Node, list[tuple[LayoutPath, fx.Node]]] = {}
+    for node in gm.graph.nodes:
+        if is_linear(gm, node):
+            path = trace_back(node.args[0])
+            if is_layernorm(gm, path.source):
+                found.setdefault(path.source, []).append((path, node))
+    return found
+
+
+def layernorm_fanout_is_only_linears(gm: fx.GraphModule, ln: fx.Node) -> bool:
+    """True when every value the LN produces reaches a Linear (nothing else reads it)."""
+    stack = list(ln.users)
+    while stack:
+        user = stack.pop()
+        if is_layout(user):
+            stack.extend(user.users)
+        elif not is_linear(gm, user):
+            return False
+    return True

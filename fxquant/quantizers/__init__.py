@@ -1,0 +1,29 @@
+"""Quantizer numerics, one file per kind; this registry maps recipe names to them.
+
+A fitter turns an observer's statistics into parameters that know their graph call
+(`op()`, `tensors()`, `constants()`); ONNX_TRANSLATIONS gathers every op's lowering.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from fxquant.errors import FxQuantError
+from fxquant.quantizers import uniform
+
+
+def _fit_uniform(observer, spec, bits: int):
+    from fxquant.observers import search
+    return search.fit(spec.observer, observer.samples(), observer.min, observer.max, bits,
+                      spec.symmetric)
+
+
+ACTIVATION_FITTERS: dict[str, Callable] = {"uniform": _fit_uniform}
+
+ONNX_TRANSLATIONS = {**uniform.ONNX_TRANSLATIONS}
+
+
+def activation_fitter(name: str) -> Callable:
+    """`fit(observer, spec, bits) -> params` for quantizer kind `name`."""
+    if name not in ACTIVATION_FITTERS:
+        raise FxQuantError(f"unknown quantizer {name!r}: available are {sorted(ACTIVATION_FITTERS)}")
+    return ACTIVATION_FITTERS[name]

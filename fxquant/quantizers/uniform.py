@@ -1,0 +1,151 @@
+"""Uniform affine quantization: q = clamp(round(x / s) + z, qmin, qmax), x^ = (q - z) * s.
+
+Two custom ops carry it through the graph and into ONNX:
+- `fxquant::fake_quant(x, scale, zero_point, qmin, qmax, axis)` for activations
+  -> QuantizeLinear / DequantizeLinear (a Clip first when the range is narrower than the type);
+- `fxquant::dequantize(codes, scale, zero_point, axis)` for weights stored as integer codes
+  -> DequantizeLinear on an integer initializer.
+`axis` is the channel axis of per-channel parameters (ignored when scale has one element).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from onnxscript import ir
+from onnxscript import opset21 as op
+
+from fxquant.errors import FxQuantError
+
+MIN_SCALE = 1e-8
+
+
+def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
+    """Integer range of a `bits`-bit code; `narrow` drops the most negative signed code."""
+    if not 2 <= bits <= 8:
+        raise FxQuantError(f"bit-width {bits} is not supported: use 2 to 8 bits")
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def broadcast_shape(param: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """Reshape a per-channel vector so it broadcasts along `axis` of an ndim tensor."""
+    if param.numel() == 1:
+        return param.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+def quantize_codes(x, scale, zero_point, qmin: int, qmax: int, axis: int = -1) -> torch.Tensor:
+    """Integer codes (int32) of `x` on the grid (scale, zero_point)."""
+    s = broadcast_shape(scale, x.ndim, axis)
+    z = broadcast_shape(zero_point, x.ndim, axis)
+    return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
+
+
+def fake_quantize(x, scale, zero_point, qmin: int, qmax: int, axis: int = -1) -> torch.Tensor:
+    """Differentiable-free reference numerics shared by the op and the calibration search."""
+    s = broadcast_shape(scale, x.ndim, axis)
+    z = broadcast_shape(zero_point, x.ndim, axis).to(x.dtype)
+    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+
+
+@torch.library.custom_op("fxquant::fake_quant", mutates_args=())
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               qmin: int, qmax: int, axis: int) -> torch.Tensor:
+    return fake_quantize(x, scale, zero_point, qmin, qmax, axis)
+
+
+@fake_quant.register_fake
+def _(x, scale, zero_point, qmin, qmax, axis):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fxquant::dequantize", mutates_args=())
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               axis: int) -> torch.Tensor:
+    s = broadcast_shape(scale, codes.ndim, axis)
+    z = broadcast_shape(zero_point, codes.ndim, axis)
+    return (codes.to(torch.int32) - z).to(scale.dtype) * s
+
+
+@dequantize.register_fake
+def _(codes, scale, zero_point, axis):
+    return torch.empty(codes.shape, dtype=scale.dtype, device=codes.device)
+
+
+@dataclass(frozen=True)
+class UniformParams:
+    """A fitted uniform quantizer: what `quantize` writes into the graph."""
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmin: int
+    qmax: int
+    axis: int = -1
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis)
+
+    # The graph call `quantize` emits: op(x, *tensors, *constants).
+    def op(self):
+        return torch.ops.fxquant.fake_quant.default
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"scale": self.scale, "zero_point": self.zero_point}
+
+    def constants(self) -> tuple:
+        return (self.qmin, self.qmax, self.axis)
+
+
+def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool,
+                      axis: int = -1, narrow: bool = False) -> UniformParams:
+    """Grid covering [lo, hi] (per channel when lo/hi are vectors)."""
+    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    if symmetric:
+        qmin, qmax = qrange(bits, signed=True, narrow=narrow)
+        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        qmin, qmax = qrange(bits, signed=False)
+        scale = (hi - lo) / (qmax - qmin)
+        scale = scale.clamp_min(MIN_SCALE)
+        zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
+    return UniformParams(scale.clamp_min(MIN_SCALE).float(), zero_point, qmin, qmax, axis)
+
+
+def _onnx_zero_point(zero_point, qmin: int, qmax: int):
+    """Zero points as the narrowest ONNX integer type holding [qmin, qmax]."""
+    if qmin >= 0:
+        dtype = ir.DataType.UINT4 if qmax <= 15 else ir.DataType.UINT8
+    else:
+        dtype = ir.DataType.INT4 if qmin >= -8 and qmax <= 7 else ir.DataType.INT8
+    return op.Cast(zero_point, to=dtype), dtype
+
+
+def _type_range(dtype) -> tuple[int, int]:
+    return {ir.DataType.UINT4: (0, 15), ir.DataType.UINT8: (0, 255),
+            ir.DataType.INT4: (-8, 7), ir.DataType.INT8: (-128, 127)}[dtype]
+
+
+def fake_quant_onnx(x, scale, zero_point, qmin: int, qmax: int, axis: int):
+    """QuantizeLinear -> DequantizeLinear, clipped first when [qmin, qmax] is narrower than the type."""
+    zp, dtype = _onnx_zero_point(zero_point, qmin, qmax)
+    if (qmin, qmax) != _type_range(dtype):
+        zf = op.Cast(zero_point, to=ir.DataType.FLOAT)
+        lo = op.Mul(op.Sub(op.Constant(value_float=float(qmin)), zf), scale)
+        hi = op.Mul(op.Sub(op.Constant(value_float=float(qmax)), zf), scale)
+        x = op.Min(op.Max(x, lo), hi)
+    return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp, axis=axis), scale, zp, axis=axis)
+
+
+def dequantize_onnx(codes, scale, zero_point, axis: int):
+    """DequantizeLinear on the integer codes (the lowering retypes them to the narrowest type)."""
+    return op.DequantizeLinear(codes, scale, op.Cast(zero_point, to=codes.dtype), axis=axis)
+
+
+ONNX_TRANSLATIONS = {
+    torch.ops.fxquant.fake_quant.default: fake_quant_onnx,
+    torch.ops.fxquant.dequantize.default: dequantize_onnx,
+}

@@ -1,0 +1,86 @@
+"""The bundled reference model (a real CIFAR-10 ViT) and the loading path for user checkpoints.
+
+A checkpoint is a dict with `arch` and `kwargs` (for `timm.create_model`), `mean`, `std` and
+`state_dict`; `train.py` beside this file reproduces the bundled one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from fxquant.errors import FxQuantError
+
+HERE = Path(__file__).parent
+REFERENCE_NAME = "ref-vit"
+REFERENCE_CHECKPOINT = HERE / "vit_tiny6_p4_cifar10.pth"
+BUNDLED_CALIB = HERE / "cifar10_calib256.npz"
+BUNDLED_TEST = HERE / "cifar10_test1000.npz"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    test_acc: float | None = None
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise FxQuantError(f"cannot read checkpoint {path}: {e}") from e
+    missing = {"arch", "kwargs", "state_dict"} - set(ckpt if isinstance(ckpt, dict) else ())
+    if missing:
+        raise FxQuantError(f"checkpoint {path} lacks {sorted(missing)}: fxquant expects a dict with "
+                           "arch, kwargs (for timm.create_model), mean, std and state_dict")
+    model = timm.create_model(ckpt["arch"], pretrained=False, **ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    cfg = model.pretrained_cfg
+    return LoadedModel(model.eval(), path.stem, tuple(ckpt.get("mean", cfg["mean"])),
+                       tuple(ckpt.get("std", cfg["std"])), model.patch_embed.img_size[0],
+                       ckpt.get("test_acc"))
+
+
+def load_timm(name: str, random_weights: bool) -> LoadedModel:
+    """A timm architecture; weights cannot be downloaded here, so random ones only on request."""
+    if name not in timm.list_models():
+        raise FxQuantError(f"unknown model {name!r}: give ref-vit, a timm model name or a .pth "
+                           "checkpoint path")
+    if not random_weights:
+        raise FxQuantError(f"weights for {name} cannot be downloaded here: pass a checkpoint with "
+                           "--model PATH.pth (a dict with arch, kwargs, mean, std, state_dict) or "
+                           "add --random-weights to measure structure and speed only")
+    model = timm.create_model(name, pretrained=False).eval()
+    cfg = model.pretrained_cfg
+    return LoadedModel(model, name, tuple(cfg["mean"]), tuple(cfg["std"]), cfg["input_size"][-1])
+
+
+def load_model(spec: str = REFERENCE_NAME, random_weights: bool = False) -> LoadedModel:
+    """`ref-vit`, a path to a .pth checkpoint, or a timm model name."""
+    if spec == REFERENCE_NAME:
+        loaded = load_checkpoint(REFERENCE_CHECKPOINT)
+        loaded.name = REFERENCE_NAME
+        return loaded
+    if spec.endswith((".pth", ".pt")) or Path(spec).exists():
+        if not Path(spec).is_file():
+            raise FxQuantError(f"checkpoint {spec} does not exist")
+        return load_checkpoint(spec)
+    return load_timm(spec, random_weights)
+
+
+def write_bundle(shared_data: str | Path, n_test: int = 1000, n_calib: int = 256) -> None:
+    """Make the bundled image files from `../shared/data/cifar10` (how they were made)."""
+    shared_data = Path(shared_data)
+    with np.load(shared_data / "test.npz") as test:   # already shuffled: a prefix is fair
+        np.savez_compressed(BUNDLED_TEST, x=test["x"][:n_test], y=test["y"][:n_test])
+    with np.load(shared_data / "train5k.npz") as train:
+        idx = np.random.default_rng(0).permutation(len(train["y"]))[:n_calib]
+        np.savez_compressed(BUNDLED_CALIB, x=train["x"][idx], y=train["y"][idx])
