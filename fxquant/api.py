@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from fxquant import config as config_mod
+from fxquant import passes
 from fxquant.calibrate import calibrate
 from fxquant.config import QuantConfig
 from fxquant.passes.annotate_roles import annotate_roles
@@ -33,5 +34,9 @@ def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantC
     gm = annotate_roles(trace(model, input_names))
     insert_observers(gm, cfg)
     calibrate(gm, calib_loader)
+    for name in cfg.passes:
+        gm = passes.load(name, passes.PRE_QUANTIZE)(gm, cfg, calib_loader)
     quantize(gm, cfg)
+    for name in cfg.refine:
+        gm = passes.load(name, passes.REFINEMENTS)(gm, cfg, calib_loader)
     return QuantizedModel(gm, cfg, time.perf_counter() - start)

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from fxquant import roles
 from fxquant.errors import FxQuantError
+from fxquant.passes import REFINEMENTS
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,6 @@ RECIPES: dict[str, QuantConfig] = {
     ),
 }
 
-# Refinement passes a recipe name may chain with "+" (filled in as they are implemented).
-REFINEMENTS: tuple[str, ...] = ()
-
 _BITS = re.compile(r"^w(\d+)a(\d+)(?:attn(\d+))?$")
 
 
@@ -92,7 +90,7 @@ def resolve(config: str | QuantConfig, bits: str | None = None) -> QuantConfig:
             raise FxQuantError(f"unknown recipe {base!r}: choose one of {sorted(RECIPES)}")
         unknown = [r for r in refine if r not in REFINEMENTS]
         if unknown:
-            raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {list(REFINEMENTS)}")
+            raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)}")
         cfg = replace(RECIPES[base], refine=RECIPES[base].refine + tuple(refine))
         cfg = replace(cfg, name=config.strip().lower())
     return replace(cfg, **parse_bits(bits)) if bits else cfg
