@@ -12,9 +12,9 @@ from fxquant.errors import FxQuantError
 def _quantize(args: argparse.Namespace) -> dict:
     from fxquant.api import convert
     from fxquant.evaluate import top1
+    from fxquant.lowering.export import export_onnx
+    from fxquant.lowering.runtime import OnnxModule
 
-    if args.out:
-        raise FxQuantError("--out: ONNX export is not available yet in this version")
     work = workload.from_args(args)
     qmodel = convert(work.loaded.model, work.calib, args.recipe, args.bits)
     result = {"model": work.loaded.name, "recipe": qmodel.config.name,
@@ -24,11 +24,47 @@ def _quantize(args: argparse.Namespace) -> dict:
     if work.test is not None:
         result["fp32_top1"] = top1(work.loaded.model, work.test, "evaluating fp32")
         result["quant_top1"] = top1(qmodel, work.test, "evaluating quantized")
+    if not args.no_onnx:
+        out = args.out or f"{work.loaded.name}_{qmodel.config.name}_{qmodel.config.bits_label}.onnx"
+        path = export_onnx(qmodel, out, next(iter(work.calib))[0][:1])
+        result["onnx_path"] = str(path)
+        if work.test is not None:
+            result["onnx_top1"] = top1(OnnxModule(path), work.test, "evaluating onnx")
+    return result
+
+
+def _bench_speed(args: argparse.Namespace) -> dict:
+    from fxquant.bench import speed
+    result = speed.run(args)
+    print(speed.markdown(result))
+    return result
+
+
+def _bench_accuracy(args: argparse.Namespace) -> dict:
+    from fxquant.bench import accuracy
+    result = accuracy.run(args)
+    print(accuracy.markdown(result))
+    return result
+
+
+def _bench_attention_quantizers(args: argparse.Namespace) -> dict:
+    from fxquant.bench import attention_quantizers
+    result = attention_quantizers.run(args)
+    print(attention_quantizers.markdown(result))
+    return result
+
+
+def _report(args: argparse.Namespace) -> dict:
+    from fxquant.report import markdown, run  # fxquant.report is also the function
+    result = run(args)
+    print(markdown(result))
     return result
 
 
 def _print_result(result: dict, as_json: bool) -> None:
     for key, value in result.items():
+        if isinstance(value, (list, dict)):
+            continue  # tables were printed by the command; the JSON line holds everything
         print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
     if as_json:
         print(json.dumps(result))
@@ -41,9 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     workload.add_arguments(q)
     q.add_argument("--recipe", default="minmax", help="recipe name, e.g. minmax")
     q.add_argument("--bits", default="w8a8", help="bit-widths, e.g. w8a8, w4a4, w8a8attn4")
-    q.add_argument("--out", default=None, help="path of the integer ONNX model to write")
+    q.add_argument("--out", default=None,
+                   help="path of the integer ONNX model (default: <model>_<recipe>_<bits>.onnx)")
+    q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     q.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     q.set_defaults(run=_quantize)
+
+    bench = sub.add_parser("bench", help="benchmarks: accuracy and speed against the usual tools")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    from fxquant.bench import speed
+    s = bench_sub.add_parser("speed", help="ONNX latency: FP32 vs fxquant vs onnxruntime quantize_static")
+    speed.add_arguments(s)
+    s.set_defaults(run=_bench_speed)
+    from fxquant.bench import accuracy
+    a = bench_sub.add_parser("accuracy", help="top-1 of every recipe and bit-width beside the peers")
+    accuracy.add_arguments(a)
+    a.set_defaults(run=_bench_accuracy)
+    from fxquant.bench import attention_quantizers
+    aq = bench_sub.add_parser("attention-quantizers",
+                              help="post-Softmax quantizers (TanQ, log2, uniform) on real attention maps")
+    attention_quantizers.add_arguments(aq)
+    aq.set_defaults(run=_bench_attention_quantizers)
+
+    from fxquant.report import add_arguments as report_arguments
+    r = sub.add_parser("report", help="per-tensor SQNR and ranges (table + PNG), or plot "
+                                      "accuracy against bit-width from `bench accuracy --json`")
+    report_arguments(r)
+    r.set_defaults(run=_report)
     return p
 
 

@@ -13,6 +13,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from fxquant import roles
+
 _LAYOUT_METHODS = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
                    "roll", "unbind", "chunk", "split", "squeeze", "unsqueeze", "expand"}
 _LAYOUT_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.flatten, torch.roll,
@@ -113,3 +115,45 @@ def layernorm_fanout_is_only_linears(gm: fx.GraphModule, ln: fx.Node) -> bool:
         elif not is_linear(gm, user):
             return False
     return True
+
+
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+
+
+def _is_add(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _ADD_FUNCTIONS)
+            or (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def residual_adds(gm: fx.GraphModule) -> list[fx.Node]:
+    """`skip + branch(skip)` where the branch holds a Linear/Conv: the ends of residual branches.
+
+    Adds inside a branch (a decomposed GELU's `x + c*x^3`, bias or mask adds) do not count: their
+    second operand is not computed from the first through a weighted layer.
+    """
+    found = []
+    for node in gm.graph.nodes:
+        operands = [a for a in node.args[:2] if isinstance(a, fx.Node)] if _is_add(node) else []
+        if len(operands) == 2 and any(_through_weighted(gm, skip, branch)
+                                      for skip, branch in (operands, operands[::-1])):
+            found.append(node)
+    return found
+
+
+def _through_weighted(gm: fx.GraphModule, source: fx.Node, end: fx.Node) -> bool:
+    """True when some path source -> ... -> end passes a Linear/Conv (quantized or not)."""
+    downstream, stack = set(), [source]
+    while stack:
+        for user in stack.pop().users:
+            if user not in downstream:
+                downstream.add(user)
+                stack.append(user)
+    if end not in downstream:
+        return False
+    between, stack = set(), [end]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg in downstream and arg not in between:
+                between.add(arg)
+                stack.append(arg)
+    return any(n.meta.get(roles.WEIGHT_KEY) or is_weighted(gm, n) for n in between)

@@ -15,7 +15,9 @@ from fxquant.errors import FxQuantError
 PRE_QUANTIZE: dict[str, str] = {}
 
 # Run after quantization; recipe names chain them with "+" ("repq-vit+recon").
-REFINEMENTS: dict[str, str] = {}
+REFINEMENTS: dict[str, str] = {
+    "recon": "fxquant.passes.reconstruct:reconstruct",
+}
 
 
 def load(name: str, table: dict[str, str]) -> Callable:

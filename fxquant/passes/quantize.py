@@ -18,6 +18,9 @@ from fxquant.quantizers import activation_fitter
 from fxquant.quantizers.uniform import UniformParams, quantize_codes
 
 FITTED_ATTR = "fitted"  # an observer attribute a pass may set to override fitting
+# Meta on each quantized F.linear/conv node: the float weight its codes were rounded from, for
+# refinements that re-round or re-scale (recon, cpt-v). Kept out of the buffers: never exported.
+FLOAT_WEIGHT_KEY = "fxquant_float_weight"
 
 
 def _get_attr(gm: fx.GraphModule, name: str, value: torch.Tensor) -> fx.Node:
@@ -55,6 +58,7 @@ def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -
             new = graph.call_function(F.conv2d, (node.args[0], weight, bias, module.stride,
                                                  module.padding, module.dilation, module.groups))
     new.meta[roles.WEIGHT_KEY] = True
+    new.meta[FLOAT_WEIGHT_KEY] = module.weight.detach()
     node.replace_all_uses_with(new)
     graph.erase_node(node)
 

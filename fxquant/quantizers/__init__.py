@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from fxquant.errors import FxQuantError
-from fxquant.quantizers import uniform
+from fxquant.quantizers import log2, tan, uniform
 
 
 def _fit_uniform(observer, spec, bits: int):
@@ -17,9 +17,11 @@ def _fit_uniform(observer, spec, bits: int):
                       spec.symmetric)
 
 
-ACTIVATION_FITTERS: dict[str, Callable] = {"uniform": _fit_uniform}
+ACTIVATION_FITTERS: dict[str, Callable] = {"uniform": _fit_uniform, "tan": tan.fit_observer,
+                                           **log2.FITTERS}
 
-ONNX_TRANSLATIONS = {**uniform.ONNX_TRANSLATIONS}
+ONNX_TRANSLATIONS = {**uniform.ONNX_TRANSLATIONS, **tan.ONNX_TRANSLATIONS,
+                     **log2.ONNX_TRANSLATIONS}
 
 
 def activation_fitter(name: str) -> Callable:

@@ -115,24 +115,12 @@ def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: 
     return UniformParams(scale.clamp_min(MIN_SCALE).float(), zero_point, qmin, qmax, axis)
 
 
-def _onnx_zero_point(zero_point, qmin: int, qmax: int):
-    """Zero points as the narrowest ONNX integer type holding [qmin, qmax]."""
-    if qmin >= 0:
-        dtype = ir.DataType.UINT4 if qmax <= 15 else ir.DataType.UINT8
-    else:
-        dtype = ir.DataType.INT4 if qmin >= -8 and qmax <= 7 else ir.DataType.INT8
-    return op.Cast(zero_point, to=dtype), dtype
-
-
-def _type_range(dtype) -> tuple[int, int]:
-    return {ir.DataType.UINT4: (0, 15), ir.DataType.UINT8: (0, 255),
-            ir.DataType.INT4: (-8, 7), ir.DataType.INT8: (-128, 127)}[dtype]
-
-
 def fake_quant_onnx(x, scale, zero_point, qmin: int, qmax: int, axis: int):
-    """QuantizeLinear -> DequantizeLinear, clipped first when [qmin, qmax] is narrower than the type."""
-    zp, dtype = _onnx_zero_point(zero_point, qmin, qmax)
-    if (qmin, qmax) != _type_range(dtype):
+    """QuantizeLinear -> DequantizeLinear on 8-bit codes (the type onnxruntime's integer kernels
+    take), clipped first when [qmin, qmax] is narrower than the 8-bit range."""
+    dtype = ir.DataType.INT8 if qmin < 0 else ir.DataType.UINT8
+    zp = op.Cast(zero_point, to=dtype)
+    if (qmin, qmax) not in ((-128, 127), (0, 255)):
         zf = op.Cast(zero_point, to=ir.DataType.FLOAT)
         lo = op.Mul(op.Sub(op.Constant(value_float=float(qmin)), zf), scale)
         hi = op.Mul(op.Sub(op.Constant(value_float=float(qmax)), zf), scale)
@@ -141,7 +129,7 @@ def fake_quant_onnx(x, scale, zero_point, qmin: int, qmax: int, axis: int):
 
 
 def dequantize_onnx(codes, scale, zero_point, axis: int):
-    """DequantizeLinear on the integer codes (the lowering retypes them to the narrowest type)."""
+    """DequantizeLinear on the int8 codes (the lowering stores <= 4-bit codes as int4)."""
     return op.DequantizeLinear(codes, scale, op.Cast(zero_point, to=codes.dtype), axis=axis)
 
 

@@ -1,0 +1,51 @@
+"""Quantized graph -> the float graph it approximates: quantizer ops bypassed, float weights back.
+
+It is the model after reparameterization (folds are exact in float) with the weights the integer
+codes were rounded from (`quantize.FLOAT_WEIGHT_KEY`), so refinements (recon, cpt-v) measure the
+quantized graph against it. The quantized graph is left untouched; node names are kept.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import torch.fx as fx
+
+from fxquant import roles
+from fxquant.errors import FxQuantError
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
+
+
+def _is_fxquant_op(node: fx.Node) -> bool:
+    return (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+            and node.target.namespace == "fxquant")
+
+
+def is_activation_quantizer(node: fx.Node) -> bool:
+    """An fxquant op the quantize pass emitted for an activation (its role is on the node)."""
+    return _is_fxquant_op(node) and roles.META_KEY in node.meta
+
+
+def float_reference(gm: fx.GraphModule) -> fx.GraphModule:
+    graph = copy.deepcopy(gm.graph)
+    weights = {}
+    for node in list(graph.nodes):
+        if is_activation_quantizer(node):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+        elif node.meta.get(roles.WEIGHT_KEY) and node.op == "call_function":
+            if FLOAT_WEIGHT_KEY not in node.meta:
+                raise FxQuantError(f"{node.name} carries no float weight: quantize the model with "
+                                   "this version of fxquant before refining it")
+            weights[f"{node.name}_float_weight"] = node.meta[FLOAT_WEIGHT_KEY]
+            with graph.inserting_before(node):
+                node.update_arg(1, graph.get_attr(f"{node.name}_float_weight"))
+    graph.eliminate_dead_code(lambda n: not (n.op == "get_attr" or _is_fxquant_op(n)))
+    root = {n.target: weights[n.target] if n.target in weights else _attr(gm, n.target)
+            for n in graph.nodes if n.op in ("get_attr", "call_module")}
+    return fx.GraphModule(root, graph, "FloatReference")
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    return functools.reduce(getattr, target.split("."), gm)

@@ -1,0 +1,337 @@
+"""Block reconstruction (BRECQ / QDrop): per residual block, learn weight rounding and step sizes.
+
+Each block of the quantized graph (`blocks.split_blocks`, cut at residual adds) is trained so its
+output on the calibration images matches the float block's (`float_reference`):
+- every quantized weight gets AdaRound's learned rounding, W^ = s·(clamp(floor(W/s) + h(V) + z) - z)
+  with h a rectified sigmoid pushed to 0 or 1 by a regularizer whose exponent is annealed 20 -> 2;
+- every uniform activation quantizer learns its step size (straight-through rounding, zero point
+  fixed); other quantizers (log2, TanQ, ...) keep their parameters and pass gradients straight;
+- QDrop: while training, each activation keeps its float value with probability 1 - p, and the
+  block input mixes the quantized model's and the float model's inputs the same way.
+The result goes back into the graph's own buffers: hard rounding -> integer codes, learned steps
+-> scales. Zero points and the graph's structure are unchanged, so the export is unchanged.
+
+Options (`config.options`, defaults in OPTIONS): recon_iters per block, recon_max_seconds for the
+whole pass (split over the blocks left; training stops early and the schedules follow elapsed
+time), recon_seed, recon_batch_size, recon_drop_prob (p), recon_weight_lr, recon_scale_lr,
+recon_round_weight, recon_warmup (fraction without the regularizer), recon_adds_per_block
+(2 = attention + MLP of a transformer block).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+from tqdm import tqdm
+
+from fxquant import roles
+from fxquant.blocks import Block, block_module, split_blocks
+from fxquant.calibrate import model_device
+from fxquant.config import QuantConfig
+from fxquant.data import batch_inputs
+from fxquant.errors import FxQuantError
+from fxquant.passes.float_reference import float_reference, is_activation_quantizer
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, fit_weight
+from fxquant.quantizers.uniform import MIN_SCALE, broadcast_shape
+
+OPTIONS = {"recon_iters": 1000, "recon_max_seconds": None, "recon_seed": 0,
+           "recon_batch_size": 32, "recon_drop_prob": 0.5, "recon_weight_lr": 1e-3,
+           "recon_scale_lr": 4e-5, "recon_round_weight": 0.01, "recon_warmup": 0.2,
+           "recon_adds_per_block": 2}
+_CHUNK = 128  # images per forward when caching block inputs and outputs
+
+
+class _Dropper:
+    """QDrop: which values keep their quantized value (probability p) while training."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        self.p, self.generator, self.active = p, generator, False
+
+    def keep(self, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.active or self.p >= 1:
+            return None
+        return torch.rand(like.shape, generator=self.generator).to(like.device) < self.p
+
+
+class _FakeQuantStep(torch.autograd.Function):
+    """Uniform fake-quant with float values where `keep` is False, in one pass each way:
+    straight-through gradient for x inside the range, LSQ's gradient for the step."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin: int, qmax: int, axis: int, keep):
+        s = broadcast_shape(scale, x.ndim, axis)
+        z = broadcast_shape(zero_point, x.ndim, axis).to(x.dtype)
+        v = x / s
+        r = torch.round(v) + z
+        inside = (r >= qmin) & (r <= qmax)
+        q = r.clamp_(qmin, qmax).sub_(z)
+        out = q * s if keep is None else torch.where(keep, q * s, x)
+        ctx.save_for_backward(v, q, inside, keep)
+        ctx.axis, ctx.scale_shape = axis % x.ndim, scale.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, q, inside, keep = ctx.saved_tensors
+        grad_x, grad_s = grad * inside, grad * (q - v * inside)
+        if keep is not None:
+            grad_x, grad_s = torch.where(keep, grad_x, grad), grad_s * keep
+        if ctx.scale_shape.numel() == 1:
+            grad_s = grad_s.sum()
+        else:
+            grad_s = grad_s.sum([d for d in range(grad.ndim) if d != ctx.axis])
+        return grad_x, grad_s.reshape(ctx.scale_shape), None, None, None, None, None
+
+
+class _LearnedRounding(nn.Module):
+    """AdaRound on a stored weight: up or down per element, learned through h(V) in [0, 1]."""
+    ZETA, GAMMA = 1.1, -0.1
+
+    def __init__(self, weight, scale, zero_point, axis: int, qmin: int, qmax: int):
+        super().__init__()
+        self.scale = broadcast_shape(scale, weight.ndim, axis)
+        self.zero_point = broadcast_shape(zero_point, weight.ndim, axis).to(weight.dtype)
+        self.qmin, self.qmax = qmin, qmax
+        ratio = weight / self.scale
+        self.floor = torch.floor(ratio)
+        rest = (ratio - self.floor).clamp(1e-4, 1 - 1e-4)   # h(V) = rest at the start
+        self.v = nn.Parameter(-torch.log((self.ZETA - self.GAMMA) / (rest - self.GAMMA) - 1))
+
+    def soft(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.v) * (self.ZETA - self.GAMMA) + self.GAMMA, 0, 1)
+
+    def forward(self) -> torch.Tensor:
+        q = torch.clamp(self.floor + self.soft() + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * self.soft() - 1).abs().pow(beta)).sum()
+
+    def codes(self) -> torch.Tensor:
+        return torch.clamp(self.floor + (self.v >= 0) + self.zero_point, self.qmin, self.qmax)
+
+
+class _LearnedStep(nn.Module):
+    """Uniform fake-quant with a trainable step size; zero point and range fixed."""
+
+    def __init__(self, scale, zero_point, qmin: int, qmax: int, axis: int, drop: _Dropper):
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone())
+        self.zero_point, self.qmin, self.qmax, self.axis, self.drop = zero_point, qmin, qmax, axis, drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FakeQuantStep.apply(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis,
+                                    self.drop.keep(x))
+
+
+class _FixedQuantizer(nn.Module):
+    """Any other fxquant quantizer op, run as it is in the graph; gradients pass straight."""
+
+    def __init__(self, op, extra_args: tuple, drop: _Dropper):
+        super().__init__()
+        self.op, self.extra_args, self.drop = op, extra_args, drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.op(x.detach(), *self.extra_args)
+        keep = self.drop.keep(x)
+        return x + ((q if keep is None else torch.where(keep, q, x)) - x).detach()
+
+
+def _resolve(module: fx.GraphModule, arg):
+    return getattr(module, arg.target) if isinstance(arg, fx.Node) else arg
+
+
+class _TrainableBlock:
+    """A block module whose quantizers are replaced in place by trainable ones."""
+
+    def __init__(self, module: fx.GraphModule, config: QuantConfig, drop: _Dropper):
+        self.module, self.drop = module, drop
+        self.roundings: dict[str, _LearnedRounding] = {}   # weight-codes buffer -> rounding
+        self.steps: dict[str, _LearnedStep] = {}           # scale buffer -> learned step
+        graph = module.graph
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
+                self._replace_weight(node, config)
+            elif is_activation_quantizer(node):
+                self._replace_activation(node)
+        graph.eliminate_dead_code(lambda n: n.op != "get_attr"
+                                  and n.target is not torch.ops.fxquant.dequantize.default)
+        module.recompile()
+
+    def _replace_weight(self, node: fx.Node, config: QuantConfig) -> None:
+        if FLOAT_WEIGHT_KEY not in node.meta:
+            raise FxQuantError(f"{node.name} carries no float weight: recon needs a model quantized "
+                               "by this version of fxquant")
+        dq = node.args[1]
+        codes, scale, zero_point = (_resolve(self.module, a) for a in dq.args[:3])
+        weight = node.meta[FLOAT_WEIGHT_KEY]
+        params = fit_weight(weight, config)  # only for the code range the quantize pass used
+        rounding = _LearnedRounding(weight.to(scale.device), scale, zero_point, dq.args[3],
+                                    params.qmin, params.qmax)
+        self.roundings[dq.args[0].target] = rounding
+        name = f"recon_{node.name}_weight"
+        self.module.add_submodule(name, rounding)
+        with self.module.graph.inserting_before(node):
+            node.update_arg(1, self.module.graph.call_module(name))
+
+    def _replace_activation(self, node: fx.Node) -> None:
+        x, *rest = node.args
+        values = [_resolve(self.module, a) for a in rest]
+        if node.target is torch.ops.fxquant.fake_quant.default:
+            quantizer = _LearnedStep(*values, self.drop)
+            self.steps[rest[0].target] = quantizer
+        else:
+            quantizer = _FixedQuantizer(node.target, tuple(values), self.drop)
+        name = f"recon_{node.name}"
+        self.module.add_submodule(name, quantizer)
+        with self.module.graph.inserting_before(node):
+            new = self.module.graph.call_module(name, (x,))
+        node.replace_all_uses_with(new)
+        self.module.graph.erase_node(node)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Hard rounding -> the codes buffers, learned steps -> the scale buffers (in place)."""
+        for codes_name, rounding in self.roundings.items():
+            codes = getattr(self.module, codes_name)
+            codes.copy_(rounding.codes().to(codes.dtype))
+        for scale_name, step in self.steps.items():
+            getattr(self.module, scale_name).copy_(step.scale)
+
+
+def _options(config: QuantConfig) -> dict:
+    unknown = sorted(k for k in config.options if k.startswith("recon_") and k not in OPTIONS)
+    if unknown:
+        raise FxQuantError(f"unknown reconstruction option(s) {unknown}: available are {sorted(OPTIONS)}")
+    return {**OPTIONS, **{k: v for k, v in config.options.items() if k in OPTIONS}}
+
+
+def _graph_inputs(gm: fx.GraphModule, loader: Iterable) -> dict[str, torch.Tensor]:
+    """The calibration set as whole tensors, one per graph input it gives (by placeholder name)."""
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        args, kwargs = batch_inputs(batch)
+        for name, value in {**dict(zip(placeholders, args)), **kwargs}.items():
+            chunks.setdefault(name, []).append(value)
+    if not chunks:
+        raise FxQuantError("the calibration loader is empty: give it at least one batch")
+    device = model_device(gm)
+    return {name: torch.cat(values).to(device) for name, values in chunks.items()}
+
+
+@torch.no_grad()
+def _run_block(module: fx.GraphModule, block: Block, cache: dict[str, torch.Tensor]):
+    """The block's outputs for every cached image, as whole tensors."""
+    names = [v.name for v in block.inputs if v.name in cache]
+    missing = [v.name for v in block.inputs if v.name not in cache and v.op != "placeholder"]
+    if missing:
+        raise FxQuantError(f"block inputs {missing} are not batched tensors: cannot reconstruct")
+    total = len(cache[names[0]])
+    outs = [module(**{n: cache[n][i:i + _CHUNK] for n in names}) for i in range(0, total, _CHUNK)]
+    return {o.name: torch.cat([out[k] for out in outs]) for k, o in enumerate(block.outputs)}
+
+
+def _lp_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """QDrop's reconstruction loss: squared error summed over dim 1, averaged over the rest."""
+    return (out - target).pow(2).sum(1).mean()
+
+
+def _beta(progress: float, warmup: float, start: float = 20.0, end: float = 2.0) -> float:
+    rel = (progress - warmup) / (1 - warmup)
+    return end + (start - end) * max(0.0, 1 - rel)
+
+
+def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
+           generator: torch.Generator, seconds: float | None, bar: tqdm) -> dict:
+    inputs = [v.name for v in spec.inputs if v.name in q_cache]
+    outputs = [v.name for v in spec.outputs]
+    roundings = list(block.roundings.values())
+    steps = list(block.steps.values())
+    opt_w = torch.optim.Adam([r.v for r in roundings], lr=opts["recon_weight_lr"]) if roundings else None
+    opt_s = torch.optim.Adam([s.scale for s in steps], lr=opts["recon_scale_lr"]) if steps else None
+    total = len(next(iter(targets.values())))
+    iters, p, warmup = opts["recon_iters"], opts["recon_drop_prob"], opts["recon_warmup"]
+    block.drop.active = True
+    start, first, last, it = time.perf_counter(), None, None, 0
+    for it in range(iters):
+        progress = it / iters
+        if seconds is not None:
+            elapsed = time.perf_counter() - start
+            progress = max(progress, elapsed / seconds) if seconds > 0 else 1.0
+        if progress >= 1:
+            break
+        idx = torch.randint(total, (opts["recon_batch_size"],), generator=generator)
+        feed = {n: _mix(q_cache[n][idx], f_cache[n][idx], p, generator) for n in inputs}
+        outs = block.module(**feed)
+        rec = sum(_lp_loss(o, targets[name][idx]) for o, name in zip(outs, outputs))
+        loss = rec
+        if progress >= warmup and roundings:
+            beta = _beta(progress, warmup)
+            loss = rec + opts["recon_round_weight"] * sum(r.regularizer(beta) for r in roundings)
+        for opt in (opt_w, opt_s):
+            if opt is not None:
+                opt.zero_grad()
+        loss.backward()
+        if opt_w is not None:
+            opt_w.step()
+        if opt_s is not None:
+            for group in opt_s.param_groups:  # cosine decay, as in QDrop
+                group["lr"] = opts["recon_scale_lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+            opt_s.step()
+            with torch.no_grad():
+                for s in steps:
+                    s.scale.clamp_(min=MIN_SCALE)
+        first = rec.item() if first is None else first
+        last = rec.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last:.4g}")
+    block.drop.active = False
+    return {"iters": it + 1 if last is not None else 0, "loss_first": first, "loss_last": last,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _mix(q: torch.Tensor, f: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    if not q.is_floating_point() or p >= 1:
+        return q
+    keep = torch.rand(q.shape, generator=generator).to(q.device) < p
+    return torch.where(keep, q, f)
+
+
+def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable) -> fx.GraphModule:
+    opts = _options(config)
+    start = time.perf_counter()
+    reference = float_reference(gm)
+    k = opts["recon_adds_per_block"]
+    q_blocks, f_blocks = split_blocks(gm, k), split_blocks(reference, k)
+    if [len(b.outputs) for b in q_blocks] != [len(b.outputs) for b in f_blocks]:
+        raise FxQuantError("the quantized graph and its float reference split into different blocks")
+    q_cache = _graph_inputs(gm, calib_loader)
+    f_cache = dict(q_cache)
+    generator = torch.Generator().manual_seed(opts["recon_seed"])
+    drop = _Dropper(opts["recon_drop_prob"], generator)
+    budget = opts["recon_max_seconds"]
+    stats = []
+    bar = tqdm(total=len(q_blocks) * opts["recon_iters"], desc="reconstructing", leave=False)
+    for i, (qb, fb) in enumerate(zip(q_blocks, f_blocks)):
+        targets = _run_block(block_module(reference, fb), fb, f_cache)
+        block = _TrainableBlock(block_module(gm, qb), config, drop)
+        if block.roundings or block.steps:
+            seconds = None if budget is None else \
+                max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)
+            stats.append(_train(block, qb, q_cache, f_cache, targets, opts, generator,
+                                seconds, bar))
+            block.write_back()
+        q_cache.update(_run_block(block_module(gm, qb), qb, q_cache))
+        f_cache.update(targets)
+        needed = {v.name for later in q_blocks[i + 1:] for v in later.inputs}
+        for cache in (q_cache, f_cache):
+            for name in set(cache) - needed:
+                del cache[name]
+    bar.close()
+    gm.meta["recon"] = {"seconds": round(time.perf_counter() - start, 2), "blocks": stats}
+    return gm

@@ -1,0 +1,134 @@
+"""TanQ (DopQ-ViT): a tangent-companded codebook for post-Softmax values, dense near 0 and near 1.
+
+Levels on [0, Δ], 2^b of them, from a tangent curve with shape θ and crossover c (c = 1/2 is the
+symmetric family of the spec; c > 1/2 spends fewer levels above c·Δ, where softmax mass is small):
+
+    u(x) = tan(θ·(x/Δ − c)),  u0 = u(0), u1 = u(Δ)
+    code  q = round((u(x) − u0) / (u1 − u0) · (2^b − 1)),  clipped to [0, 2^b − 1]
+    level ℓ_q = Δ·(c + arctan(u0 + q/(2^b − 1)·(u1 − u0)) / θ)
+
+The numerics are written so that ONNX reproduces them bit for bit:
+- the code is the number of thresholds t_k ≤ x, t_k the companded-rounding boundaries (no `tan` at
+  run time, so no ulp differences), found by a b-step binary search in ONNX;
+- levels are snapped to the uniform fine grid Δ/65535 (error ≤ Δ/131070): the codebook holds
+  L_q = round(ℓ_q·65535/Δ) and x̂ = L_q · (Δ/65535), i.e. a Gather then DequantizeLinear (uint16).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from onnxscript import ir
+from onnxscript import opset21 as op
+
+from fxquant.errors import FxQuantError
+
+FINE_STEPS = 65535
+THETAS = tuple(f * math.pi for f in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95))
+CROSSOVERS = (0.5, 0.6, 0.7, 0.8)
+MIN_BITS, MAX_BITS = 3, 8
+
+
+def level_table(bits: int, theta: float, crossover: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(levels, thresholds) on [0, 1] in float64: 2^b levels, 2^b − 1 rounding boundaries."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise FxQuantError(f"TanQ supports {MIN_BITS} to {MAX_BITS} bits, not {bits}")
+    if not 0 < theta * max(crossover, 1 - crossover) < math.pi / 2:
+        raise FxQuantError(f"TanQ needs 0 < θ·max(c, 1 − c) < π/2 (θ = {theta:.4g}, c = {crossover})")
+    n = 2 ** bits - 1
+    u0, u1 = math.tan(-theta * crossover), math.tan(theta * (1 - crossover))
+
+    def inverse(steps: torch.Tensor) -> torch.Tensor:
+        return crossover + torch.atan(u0 + steps / n * (u1 - u0)) / theta
+
+    steps = torch.arange(n + 1, dtype=torch.float64)
+    levels = inverse(steps)
+    levels[0], levels[-1] = 0.0, 1.0
+    return levels, inverse(steps[1:] - 0.5)
+
+
+@torch.library.custom_op("fxquant::tan_quant", mutates_args=())
+def tan_quant(x: torch.Tensor, thresholds: torch.Tensor, codebook: torch.Tensor,
+              fine_scale: torch.Tensor) -> torch.Tensor:
+    """x -> codebook[#{t_k <= x}] · fine_scale (the codebook holds integers in [0, 65535])."""
+    q = torch.bucketize(x, thresholds, right=True)
+    return codebook[q].to(fine_scale.dtype) * fine_scale
+
+
+@tan_quant.register_fake
+def _(x, thresholds, codebook, fine_scale):
+    return torch.empty_like(x)
+
+
+@dataclass(frozen=True)
+class TanParams:
+    """A fitted TanQ quantizer; `delta`, `theta`, `crossover` say how the tables were made."""
+    thresholds: torch.Tensor   # (2^b − 1,) float32, absolute
+    codebook: torch.Tensor     # (2^b,) int32 in [0, 65535]
+    fine_scale: torch.Tensor   # () float32 = Δ / 65535
+    delta: float
+    theta: float
+    crossover: float
+
+    @classmethod
+    def make(cls, bits: int, delta: float, theta: float, crossover: float = 0.5) -> "TanParams":
+        levels, thresholds = level_table(bits, theta, crossover)
+        codebook = torch.round(levels * FINE_STEPS).to(torch.int32)
+        return cls((thresholds * delta).float(), codebook,
+                   torch.tensor(delta / FINE_STEPS, dtype=torch.float32), delta, theta, crossover)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return tan_quant(x, self.thresholds.to(x.device), self.codebook.to(x.device),
+                         self.fine_scale.to(x.device))
+
+    def op(self):
+        return torch.ops.fxquant.tan_quant.default
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"thresholds": self.thresholds, "codebook": self.codebook,
+                "fine_scale": self.fine_scale}
+
+    def constants(self) -> tuple:
+        return ()
+
+
+def fit(samples: torch.Tensor, candidates_delta, bits: int, thetas=THETAS,
+        crossovers=CROSSOVERS) -> TanParams:
+    """The (Δ, θ, c) of the grid with the least MSE on `samples` (values of one tensor)."""
+    best, best_err = None, math.inf
+    for delta in candidates_delta:
+        for theta in thetas:
+            for c in crossovers:
+                if theta * max(c, 1 - c) >= math.pi / 2:
+                    continue
+                params = TanParams.make(bits, float(delta), theta, c)
+                err = (params.fake_quantize(samples) - samples).pow(2).mean().item()
+                if err < best_err:
+                    best, best_err = params, err
+    return best
+
+
+def tan_quant_onnx(x, thresholds, codebook, fine_scale):
+    """Binary search for #{t_k <= x} (b compare/select steps), Gather, DequantizeLinear (uint16)."""
+    bits = int(math.log2(thresholds.shape[0] + 1))
+    q = op.ConstantOfShape(op.Shape(x), value=ir.tensor([0], dtype=ir.DataType.INT64))
+    for bit in reversed(range(bits)):
+        candidate = op.Add(q, op.Constant(value_int=2 ** bit))
+        threshold = op.Gather(thresholds, op.Sub(candidate, op.Constant(value_int=1)))
+        q = op.Where(op.GreaterOrEqual(x, threshold), candidate, q)
+    fine = op.Gather(op.Cast(codebook, to=ir.DataType.UINT16), q)
+    return op.DequantizeLinear(fine, fine_scale)
+
+
+ONNX_TRANSLATIONS = {torch.ops.fxquant.tan_quant.default: tan_quant_onnx}
+
+
+def fit_observer(observer, spec, bits: int) -> TanParams:
+    """ACTIVATION_FITTERS["tan"]: Δ among RepQ's percentiles and the maximum, then θ and c."""
+    from fxquant.observers import search
+    if spec.per_channel:
+        raise FxQuantError("TanQ is per tensor: set per_channel=False for the post_softmax role")
+    samples = observer.samples()
+    deltas = {float(search.quantile(samples, p)) for p in search.PERCENTILES} | {float(observer.max)}
+    return fit(samples, sorted(d for d in deltas if d > 0), bits)

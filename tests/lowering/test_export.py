@@ -1,0 +1,100 @@
+import os
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import fxquant
+from fxquant import FxQuantError
+from fxquant.lowering.parity import agreement
+from fxquant.lowering.runtime import OnnxModule, session
+
+INTEGER_KERNELS = {"MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul",
+                   "MatMulNBits"}
+N_LINEARS = 25            # 4 per block x 6 blocks + head
+N_ATTENTION_MATMULS = 12  # q k^T and attn v per block
+
+
+@pytest.fixture(scope="module", params=["w8a8", "w4a4"])
+def exported(request, ref, calib_loader, tmp_path_factory):
+    qmodel = fxquant.convert(ref.model, calib_loader, "minmax", request.param)
+    path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
+    fxquant.export_onnx(qmodel, path, torch.randn(1, 3, 32, 32))
+    return request.param, qmodel, path
+
+
+def test_onnx_agrees_with_the_quantized_model(exported, test_loader):
+    bits, qmodel, path = exported
+    onnx_model = OnnxModule(path)
+    logits = [(qmodel(x).detach(), onnx_model(x)) for x, _ in test_loader]
+    stats = agreement(torch.cat([a for a, _ in logits]), torch.cat([b for _, b in logits]))
+    print(f"{bits}: {stats}")
+    assert stats["top1_agreement"] >= 0.995
+
+
+def test_every_quantized_matmul_runs_as_an_integer_kernel(exported, tmp_path):
+    bits, _, path = exported
+    optimized = tmp_path / "optimized.onnx"
+    session(path, optimized_path=optimized)
+    ops = Counter(n.op_type for n in onnx.load(optimized).graph.node)
+    assert sum(ops[k] for k in INTEGER_KERNELS) == N_LINEARS + N_ATTENTION_MATMULS, ops
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0
+
+
+def test_weights_are_integer_initializers_fed_straight_to_dequantize(exported):
+    bits, _, path = exported
+    model = onnx.load(path)
+    weight_type = onnx.TensorProto.INT8 if bits == "w8a8" else onnx.TensorProto.INT4
+    weights = [i for i in model.graph.initializer if i.name.endswith(("_codes", "_t", "_int4"))]
+    assert len(weights) == N_LINEARS + 1 and all(w.data_type == weight_type for w in weights)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in producers:
+            assert producers[node.input[1]].op_type == "DequantizeLinear"  # no float Transpose
+
+
+def test_batch_axis_is_dynamic(exported):
+    _, qmodel, path = exported
+    x = torch.randn(5, 3, 32, 32)
+    assert OnnxModule(path)(x).shape == (5, 10)
+
+
+def test_4bit_weights_are_stored_as_4_bits(exported, ref, tmp_path):
+    bits, _, path = exported
+    if bits != "w4a4":
+        pytest.skip("4-bit storage only")
+    n_params = sum(p.numel() for p in ref.model.parameters())
+    assert os.path.getsize(path) < 0.16 * 4 * n_params
+
+
+def test_uncalibrated_model_is_refused(ref, tmp_path):
+    with pytest.raises(FxQuantError, match="calibrated QuantizedModel"):
+        fxquant.export_onnx(ref.model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_missing_directory_is_refused(exported, tmp_path):
+    with pytest.raises(FxQuantError, match="does not exist"):
+        fxquant.export_onnx(exported[1], tmp_path / "no" / "m.onnx", torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_directory_is_refused(exported, tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(FxQuantError, match="not writable"):
+            fxquant.export_onnx(exported[1], tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_wrong_example_shape_or_nan_leaves_nothing(exported, tmp_path):
+    qmodel = exported[1]
+    with pytest.raises(FxQuantError, match="shape"):
+        fxquant.export_onnx(qmodel, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
+    nan = torch.full((1, 3, 32, 32), float("nan"))
+    with pytest.raises(FxQuantError, match="NaN"):
+        fxquant.export_onnx(qmodel, tmp_path / "m.onnx", nan)
+    assert list(tmp_path.iterdir()) == []

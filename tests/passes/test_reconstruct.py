@@ -1,0 +1,90 @@
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import fxquant
+from fxquant import FxQuantError, config
+from fxquant.passes.float_reference import float_reference
+from fxquant.passes.reconstruct import reconstruct
+
+
+class _Block(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.act, self.fc2 = nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        x = x + self.proj((q @ k.transpose(-2, -1)).softmax(-1) @ v)
+        return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+
+class _Toy(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.embed, self.blocks, self.head = nn.Linear(8, d), nn.Sequential(_Block(d), _Block(d)), nn.Linear(d, 4)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.embed(x)).mean(1))
+
+
+def _setup(**options):
+    torch.manual_seed(0)
+    model, calib = _Toy(), [torch.randn(16, 6, 8) for _ in range(4)]
+    cfg = replace(config.resolve("minmax", "w3a4"), options={"recon_iters": 300, **options})
+    return model, calib, cfg, fxquant.convert(model, calib, cfg)
+
+
+def _error(gm, reference, calib):
+    with torch.no_grad():
+        return sum((gm(x) - reference(x)).pow(2).mean().item() for x in calib)
+
+
+def _structure(gm):
+    return [(n.op, str(n.target)) for n in gm.graph.nodes]
+
+
+def test_reconstruction_lowers_the_error_and_keeps_the_structure():
+    _, calib, cfg, qmodel = _setup()
+    reference = float_reference(qmodel)
+    before, structure = _error(qmodel, reference, calib), _structure(qmodel)
+    buffers = {k: v.clone() for k, v in qmodel.named_buffers()}
+    reconstruct(qmodel, cfg, calib)
+    assert _error(qmodel, reference, calib) < 0.8 * before
+    assert _structure(qmodel) == structure
+    after = dict(qmodel.named_buffers())
+    codes = [k for k in buffers if k.endswith("_weight_codes")]
+    assert len(codes) == 8 and any(not torch.equal(buffers[k], after[k]) for k in codes)
+    for k, v in after.items():
+        assert v.dtype == buffers[k].dtype
+        if k.endswith("_weight_codes"):
+            assert v.min() >= -4 and v.max() <= 3                 # 3-bit symmetric codes
+        if k.endswith("zero_point"):
+            assert torch.equal(v, buffers[k])
+        if k.endswith("_scale") and not k.endswith("weight_scale"):
+            assert (v > 0).all()
+    assert len(qmodel.meta["recon"]["blocks"]) == 3               # 2 blocks + the head
+
+
+def test_recon_chains_on_a_recipe_and_is_deterministic():
+    model, calib, cfg, _ = _setup()
+    cfg = replace(config.resolve("minmax+recon", "w3a4"), options=cfg.options)
+    a, b = (fxquant.convert(model, calib, cfg) for _ in range(2))
+    x = torch.randn(3, 6, 8)
+    assert torch.equal(a(x), b(x))
+
+
+def test_time_budget_stops_training():
+    _, calib, cfg, qmodel = _setup(recon_max_seconds=0)
+    reconstruct(qmodel, cfg, calib)
+    assert all(b["iters"] == 0 for b in qmodel.meta["recon"]["blocks"])
+
+
+def test_unknown_option_is_refused():
+    _, calib, cfg, qmodel = _setup(recon_iterations=5)
+    with pytest.raises(FxQuantError, match="recon_iterations"):
+        reconstruct(qmodel, cfg, calib)
