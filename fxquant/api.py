@@ -24,6 +24,7 @@ class QuantizedModel(fx.GraphModule):
         super().__init__(gm, gm.graph, f"Quantized{type(gm).__name__}")
         self.config = config
         self.convert_seconds = convert_seconds
+        self.meta.update(gm.meta)  # what refinements recorded (search curves, times)
 
 
 def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantConfig = "minmax",
@@ -31,7 +32,8 @@ def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantC
     """Trace, calibrate and quantize `model` as recipe `config` says (bits like "w4a4")."""
     start = time.perf_counter()
     cfg = config_mod.resolve(config, bits)
-    gm = annotate_roles(trace(model, input_names))
+    example = next(iter(calib_loader), None)  # decides branches on sizes while tracing
+    gm = annotate_roles(trace(model, input_names, example), bool(cfg.options.get(config_mod.FULLY_QUANTIZED)))
     insert_observers(gm, cfg)
     calibrate(gm, calib_loader)
     for name in cfg.passes:
@@ -39,4 +41,6 @@ def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantC
     quantize(gm, cfg)
     for name in cfg.refine:
         gm = passes.load(name, passes.REFINEMENTS)(gm, cfg, calib_loader)
+    for name in passes.INTEGER if cfg.options.get(config_mod.FULLY_QUANTIZED) else ():
+        gm = passes.load(name, passes.INTEGER)(gm, cfg, calib_loader)
     return QuantizedModel(gm, cfg, time.perf_counter() - start)

@@ -30,6 +30,26 @@ def _quantize(args: argparse.Namespace) -> dict:
         result["onnx_path"] = str(path)
         if work.test is not None:
             result["onnx_top1"] = top1(OnnxModule(path), work.test, "evaluating onnx")
+        if args.audit:
+            from fxquant.lowering.audit import audit, markdown, summary
+            nodes = audit(path)
+            print(markdown(nodes))
+            result["float_nodes"] = len(nodes)
+            result["float_ops"] = summary(nodes)
+    return result
+
+
+def _bench_parity(args: argparse.Namespace) -> dict:
+    from fxquant.bench import parity
+    result = parity.run(args)
+    print(parity.markdown(result))
+    return result
+
+
+def _bench_latency(args: argparse.Namespace) -> dict:
+    from fxquant.bench import latency
+    result = latency.run(args)
+    print(latency.markdown(result))
     return result
 
 
@@ -51,6 +71,34 @@ def _bench_attention_quantizers(args: argparse.Namespace) -> dict:
     from fxquant.bench import attention_quantizers
     result = attention_quantizers.run(args)
     print(attention_quantizers.markdown(result))
+    return result
+
+
+def _bench_two_scale_error(args: argparse.Namespace) -> dict:
+    from fxquant.bench import two_scale_error
+    result = two_scale_error.run(args)
+    print(two_scale_error.markdown(result))
+    return result
+
+
+def _bench_dopq(args: argparse.Namespace) -> dict:
+    from fxquant.bench import dopq
+    result = dopq.run(args)
+    print(dopq.markdown(result))
+    return result
+
+
+def _bench_cpt_v(args: argparse.Namespace) -> dict:
+    from fxquant.bench import cpt_v
+    result = cpt_v.run(args)
+    print(cpt_v.markdown(result))
+    return result
+
+
+def _bench_stsb(args: argparse.Namespace) -> dict:
+    from fxquant.bench import stsb
+    result = stsb.run(args)
+    print(stsb.markdown(result))
     return result
 
 
@@ -76,10 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model, evaluate it, export ONNX")
     workload.add_arguments(q)
     q.add_argument("--recipe", default="minmax", help="recipe name, e.g. minmax")
-    q.add_argument("--bits", default="w8a8", help="bit-widths, e.g. w8a8, w4a4, w8a8attn4")
+    q.add_argument("--bits", default=None,
+                   help="bit-widths, e.g. w8a8, w4a4, w8a8attn4 (default: the recipe's, w8a8 for most)")
     q.add_argument("--out", default=None,
                    help="path of the integer ONNX model (default: <model>_<recipe>_<bits>.onnx)")
     q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    q.add_argument("--audit", action="store_true",
+                   help="list the ONNX nodes onnxruntime runs in float after the input is quantized")
     q.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     q.set_defaults(run=_quantize)
 
@@ -89,15 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
     s = bench_sub.add_parser("speed", help="ONNX latency: FP32 vs fxquant vs onnxruntime quantize_static")
     speed.add_arguments(s)
     s.set_defaults(run=_bench_speed)
+    from fxquant.bench import latency
+    la = bench_sub.add_parser("latency", help="ONNX latency of given files (e.g. fully quantized vs QDQ)")
+    latency.add_arguments(la)
+    la.set_defaults(run=_bench_latency)
+    from fxquant.bench import parity
+    pa = bench_sub.add_parser("parity", help="QuantizedModel vs its ONNX export: top-1 agreement")
+    parity.add_arguments(pa)
+    pa.set_defaults(run=_bench_parity)
     from fxquant.bench import accuracy
     a = bench_sub.add_parser("accuracy", help="top-1 of every recipe and bit-width beside the peers")
     accuracy.add_arguments(a)
     a.set_defaults(run=_bench_accuracy)
+    from fxquant.bench import stsb
+    st = bench_sub.add_parser("stsb", help="all-MiniLM-L6-v2 on STS-B: Spearman of every recipe "
+                                           "and bit-width beside the peers (needs the text extra)")
+    stsb.add_arguments(st)
+    st.set_defaults(run=_bench_stsb)
     from fxquant.bench import attention_quantizers
     aq = bench_sub.add_parser("attention-quantizers",
                               help="post-Softmax quantizers (TanQ, log2, uniform) on real attention maps")
     attention_quantizers.add_arguments(aq)
     aq.set_defaults(run=_bench_attention_quantizers)
+    from fxquant.bench import cpt_v
+    cv = bench_sub.add_parser("cpt-v", help="top-1 before and after the CPT-V scale search, per seed")
+    cpt_v.add_arguments(cv)
+    cv.set_defaults(run=_bench_cpt_v)
+    from fxquant.bench import dopq
+    d = bench_sub.add_parser("dopq", help="DopQ-ViT ablation: TanQ, MOSF, reconstruction on repq-vit")
+    dopq.add_arguments(d)
+    d.set_defaults(run=_bench_dopq)
+    from fxquant.bench import two_scale_error
+    ts = bench_sub.add_parser("two-scale-error",
+                              help="V-2SF vs uniform and log2 on real post-Softmax/post-GELU tensors")
+    two_scale_error.add_arguments(ts)
+    ts.set_defaults(run=_bench_two_scale_error)
 
     from fxquant.report import add_arguments as report_arguments
     r = sub.add_parser("report", help="per-tensor SQNR and ranges (table + PNG), or plot "

@@ -24,6 +24,12 @@ class RoleSpec:
     bits: str = "a"                 # "w", "a", "attn", or a fixed number such as "8"
 
 
+# Option (any recipe): also quantize the inputs of LayerNorm, Softmax and GELU (roles.pre_*, with
+# the recipe's linear_input spec unless it names them) and compute LayerNorm and Softmax from the
+# integer codes where the quantizers allow it (passes.INTEGER).
+FULLY_QUANTIZED = "fully_quantized"
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     name: str
@@ -65,6 +71,48 @@ RECIPES: dict[str, QuantConfig] = {
     ),
 }
 
+# RepQ-ViT (methods/repq-vit.md): percentile-MSE everywhere, per-channel post-LayerNorm grids
+# folded into LN + Linear, log√2 attention; `-sym` keeps weight zero points at 0.
+_MSE = RoleSpec(observer="mse")
+_REPQ_ROLES = {
+    roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, bits="w"),
+    roles.MODEL_INPUT: RoleSpec(observer="mse", bits="8"),
+    roles.POST_LAYERNORM: RoleSpec(observer="mse", per_channel=True),
+    roles.POST_GELU: _MSE,
+    roles.LINEAR_INPUT: _MSE,
+    roles.MATMUL_INPUT: _MSE,
+    roles.POST_SOFTMAX: RoleSpec(quantizer="logsqrt2", observer="mse", bits="attn"),
+}
+RECIPES["repq-vit"] = QuantConfig(name="repq-vit", roles=_REPQ_ROLES,
+                                  passes=("reparameterize_layernorm",))
+RECIPES["repq-vit-sym"] = replace(RECIPES["repq-vit"], name="repq-vit-sym", roles={
+    **_REPQ_ROLES, roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, symmetric=True, bits="w")})
+
+# DopQ-ViT (methods/dopq-vit.md): RepQ-ViT with TanQ attention, the median fold target (MOSF)
+# and block reconstruction (benchmarks/dopq.md has the ablation).
+RECIPES["dopq-vit"] = replace(
+    RECIPES["repq-vit"], name="dopq-vit", refine=("recon",), options={"fold_target": "median"},
+    roles={**_REPQ_ROLES, roles.POST_SOFTMAX: RoleSpec(quantizer="tan", observer="mse", bits="attn")})
+
+# FQ-ViT (methods/fq-vit.md): fully quantized, MinMax uint8 activations, PTF on LayerNorm inputs
+# (integer LayerNorm), Log-Int-Softmax attention at <= 4 attention bits (uniform above: its 8/8/8).
+RECIPES["fq-vit"] = QuantConfig(
+    name="fq-vit", attn_bits=4, options={FULLY_QUANTIZED: True},
+    roles={**RECIPES["minmax"].roles,
+           roles.PRE_LAYERNORM: RoleSpec(quantizer="ptf", per_channel=True),
+           roles.PRE_SOFTMAX: _ACT, roles.PRE_GELU: _ACT,
+           roles.POST_SOFTMAX: RoleSpec(quantizer="lis", bits="attn")})
+
+# TSPTQ-ViT (methods/tsptq-vit.md): FQ-ViT's fully quantized setting with two-scaled factors,
+# V-2SF on post-Softmax and post-GELU values, O-2SF (a two-level PTF) on LayerNorm inputs.
+RECIPES["tsptq-vit"] = QuantConfig(
+    name="tsptq-vit", options={FULLY_QUANTIZED: True},
+    roles={**RECIPES["minmax"].roles,
+           roles.PRE_LAYERNORM: RoleSpec(quantizer="o2sf", per_channel=True),
+           roles.PRE_SOFTMAX: _ACT, roles.PRE_GELU: _ACT,
+           roles.POST_SOFTMAX: RoleSpec(quantizer="two_scale", bits="attn"),
+           roles.POST_GELU: RoleSpec(quantizer="two_scale")})
+
 _BITS = re.compile(r"^w(\d+)a(\d+)(?:attn(\d+))?$")
 
 
@@ -93,4 +141,7 @@ def resolve(config: str | QuantConfig, bits: str | None = None) -> QuantConfig:
             raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)}")
         cfg = replace(RECIPES[base], refine=RECIPES[base].refine + tuple(refine))
         cfg = replace(cfg, name=config.strip().lower())
+    if cfg.options.get(FULLY_QUANTIZED):
+        default = cfg.roles.get(roles.LINEAR_INPUT, RoleSpec())
+        cfg = replace(cfg, roles={**{r: default for r in roles.FULLY_QUANTIZED_ROLES}, **cfg.roles})
     return replace(cfg, **parse_bits(bits)) if bits else cfg

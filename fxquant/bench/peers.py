@@ -24,7 +24,7 @@ FXQUANT_OPS = ["Conv", "MatMul", "Gemm"]
 class PeerInputs:
     model: torch.nn.Module          # the float model
     fp32_onnx: Path                 # its ONNX export (bench.fp32_onnx)
-    calib: list[torch.Tensor]       # calibration batches, the images fxquant calibrates on
+    calib: list                     # calibration batches fxquant calibrates on: images or dicts
     workdir: Path                   # where a peer may write its files
 
 
@@ -37,6 +37,19 @@ class Peer:
 
 def _input_name(path: Path) -> str:
     return session(path).get_inputs()[0].name
+
+
+def _feeds(name: str, x) -> dict[str, np.ndarray]:
+    """An onnxruntime feed from a batch: one tensor (the image input) or a dict of named inputs."""
+    items = x.items() if isinstance(x, dict) else [(name, x)]
+    return {k: np.ascontiguousarray(v.numpy()) for k, v in items}
+
+
+def _rows(x) -> list:
+    """A batch as single-item batches (NNCF counts items)."""
+    if isinstance(x, dict):
+        return [{k: v[i:i + 1] for k, v in x.items()} for i in range(len(next(iter(x.values()))))]
+    return [x[i:i + 1] for i in range(len(x))]
 
 
 def _preprocessed(inputs: PeerInputs) -> Path:
@@ -53,12 +66,13 @@ def _ort_static(method: str, bits: str, op_types: list[str] | None) -> Callable:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
                                               QuantFormat, QuantType, quantize_static)
         act, weight = {"w8a8": (QuantType.QUInt8, QuantType.QInt8),
+                       "w4a8": (QuantType.QUInt8, QuantType.QInt4),
                        "w4a4": (QuantType.QUInt4, QuantType.QInt4)}[bits]
         name = _input_name(inputs.fp32_onnx)
 
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self.items = iter([{name: x.numpy()} for x in inputs.calib])
+                self.items = iter([_feeds(name, x) for x in inputs.calib])
 
             def get_next(self):
                 return next(self.items, None)
@@ -85,10 +99,10 @@ def _nncf(inputs: PeerInputs) -> OnnxModule:
     import nncf
     import onnx
     name = _input_name(inputs.fp32_onnx)
-    images = [x[i:i + 1] for x in inputs.calib for i in range(len(x))]  # NNCF counts items
-    dataset = nncf.Dataset(images, lambda x: {name: np.ascontiguousarray(x.numpy())})
+    items = [row for x in inputs.calib for row in _rows(x)]
+    dataset = nncf.Dataset(items, lambda x: _feeds(name, x))
     quantized = nncf.quantize(onnx.load(str(inputs.fp32_onnx)), dataset,
-                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images))
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
     out = inputs.workdir / "nncf.onnx"
     onnx.save(quantized, str(out))
     return OnnxModule(out)
@@ -109,7 +123,7 @@ def _torch_ao_fx(inputs: PeerInputs) -> torch.nn.Module:
 
 PEERS: tuple[Peer, ...] = (
     *(Peer(f"ort-static-{m.lower()}", bits, _ort_static(m, bits, FXQUANT_OPS))
-      for m in ("MinMax", "Entropy", "Percentile") for bits in ("w8a8", "w4a4")),
+      for m in ("MinMax", "Entropy", "Percentile") for bits in ("w8a8", "w4a8", "w4a4")),
     *(Peer("ort-static-minmax-allops", bits, _ort_static("MinMax", bits, None))
       for bits in ("w8a8", "w4a4")),
     Peer("ort-dynamic", "w8a8", _ort_dynamic),

@@ -13,12 +13,16 @@ PERCENTILES = (0.999, 0.9999, 0.99999)
 _QUANTILE_LIMIT = 1 << 24
 
 
-def quantile(samples: torch.Tensor, q: float) -> torch.Tensor:
-    """torch.quantile along dim 0; sorts once and indexes when the tensor is too big for it."""
+def quantile(samples: torch.Tensor, q) -> torch.Tensor:
+    """torch.quantile along dim 0 for a float q, or stacked for a sequence of them (one sort);
+    sorts and indexes when the tensor is too big for torch.quantile."""
+    qs = list(q) if isinstance(q, (list, tuple)) else [q]
     if samples.numel() < _QUANTILE_LIMIT:
-        return torch.quantile(samples, q, dim=0)
-    ordered = samples.sort(dim=0).values
-    return ordered[round(q * (samples.shape[0] - 1))]
+        out = torch.quantile(samples, torch.tensor(qs, dtype=samples.dtype, device=samples.device), dim=0)
+    else:
+        ordered = samples.sort(dim=0).values
+        out = ordered[[round(v * (samples.shape[0] - 1)) for v in qs]]
+    return out if isinstance(q, (list, tuple)) else out[0]
 
 
 def minmax(samples, lo, hi, bits: int, symmetric: bool, axis: int = -1) -> UniformParams:
@@ -34,8 +38,9 @@ def percentile_mse(samples, bits: int, symmetric: bool, candidates=PERCENTILES,
                    axis: int = -1) -> UniformParams:
     """RepQ-ViT's search: of the candidate percentile ranges, keep the one with least MSE."""
     best, best_err = None, None
-    for p in candidates:
-        params = percentile(samples, bits, symmetric, p, axis=-1)
+    bounds = quantile(samples, [1 - p for p in candidates] + list(candidates))
+    for i in range(len(candidates)):
+        params = params_from_range(bounds[i], bounds[len(candidates) + i], bits, symmetric)
         err = (params.fake_quantize(samples) - samples).pow(2).mean(0)
         if best is None:
             best, best_err = params, err

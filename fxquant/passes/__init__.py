@@ -12,11 +12,21 @@ from typing import Callable
 from fxquant.errors import FxQuantError
 
 # Run between calibration and quantization (observers hold their statistics).
-PRE_QUANTIZE: dict[str, str] = {}
+PRE_QUANTIZE: dict[str, str] = {
+    "reparameterize_layernorm": "fxquant.passes.reparameterize_layernorm:reparameterize_layernorm",
+}
 
 # Run after quantization; recipe names chain them with "+" ("repq-vit+recon").
 REFINEMENTS: dict[str, str] = {
     "recon": "fxquant.passes.reconstruct:reconstruct",
+    "cpt-v": "fxquant.passes.contrastive_search:contrastive_search",
+}
+
+# Run last, when config.options["fully_quantized"] is on: LayerNorm and Softmax from integer codes.
+INTEGER: dict[str, str] = {
+    "integer_layernorm": "fxquant.passes.integer_layernorm:integer_layernorm",
+    "integer_softmax": "fxquant.passes.integer_softmax:integer_softmax",
+    "split_two_scale": "fxquant.passes.split_two_scale:split_two_scale",  # V-2SF -> Linear
 }
 
 

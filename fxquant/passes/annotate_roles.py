@@ -2,7 +2,8 @@
 
 Activations: each input of a Linear/Conv and both operands of an activation matmul; the role
 comes from what computed the values (LayerNorm, Softmax, GELU) looking back through layout ops.
-Weights: every Linear/Conv node is marked too. Roles live in `node.meta["fxquant_role"]` (the
+With `fully_quantized`, the inputs of LayerNorm, Softmax and GELU are marked too (pre_* roles,
+which win over any other role of the same tensor). Weights: every Linear/Conv node is marked too. Roles live in `node.meta["fxquant_role"]` (the
 tensor the node outputs) and `node.meta["fxquant_weight"]` (the node's weight).
 """
 from __future__ import annotations
@@ -13,7 +14,19 @@ from fxquant import patterns, roles
 from fxquant.errors import FxQuantError
 
 
+_PRE_ROLES = ((patterns.is_layernorm, roles.PRE_LAYERNORM), (patterns.is_softmax, roles.PRE_SOFTMAX),
+              (patterns.is_gelu, roles.PRE_GELU))
+
+
+def _pre_role(gm, node: fx.Node) -> str | None:
+    """The role of the input of `node` when it is a float-only op (LayerNorm, Softmax, GELU)."""
+    return next((role for is_op, role in _PRE_ROLES if is_op(gm, node)), None)
+
+
 def _activation_role(gm, value: fx.Node, consumer: fx.Node) -> str:
+    pre = _pre_role(gm, consumer)
+    if pre is not None:
+        return pre
     source = patterns.trace_back(value).source
     if source.op == "placeholder":
         return roles.MODEL_INPUT
@@ -26,16 +39,18 @@ def _activation_role(gm, value: fx.Node, consumer: fx.Node) -> str:
     return roles.LINEAR_INPUT if patterns.is_weighted(gm, consumer) else roles.MATMUL_INPUT
 
 
-def quantized_inputs(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+def quantized_inputs(gm: fx.GraphModule, node: fx.Node, fully_quantized: bool = False) -> list[fx.Node]:
     """The activation inputs of `node` that get quantized."""
     if patterns.is_weighted(gm, node):
         return [node.args[0]]
     if patterns.is_matmul(gm, node):
         return list(node.args[:2])
+    if fully_quantized and _pre_role(gm, node) is not None:
+        return [node.args[0]]
     return []
 
 
-def annotate_roles(gm: fx.GraphModule) -> fx.GraphModule:
+def annotate_roles(gm: fx.GraphModule, fully_quantized: bool = False) -> fx.GraphModule:
     for node in gm.graph.nodes:
         node.meta.pop(roles.META_KEY, None)
         node.meta.pop(roles.WEIGHT_KEY, None)
@@ -44,8 +59,12 @@ def annotate_roles(gm: fx.GraphModule) -> fx.GraphModule:
         if patterns.is_weighted(gm, node):
             node.meta[roles.WEIGHT_KEY] = True
             n_weighted += 1
-        for value in quantized_inputs(gm, node):
-            value.meta.setdefault(roles.META_KEY, _activation_role(gm, value, node))
+        for value in quantized_inputs(gm, node, fully_quantized):
+            role = _activation_role(gm, value, node)
+            if role in roles.FULLY_QUANTIZED_ROLES:
+                value.meta[roles.META_KEY] = role
+            else:
+                value.meta.setdefault(roles.META_KEY, role)
     if n_weighted == 0:
         raise FxQuantError(f"{type(gm).__name__} has no Linear or Conv2d layer: nothing to quantize")
     return gm

@@ -15,7 +15,7 @@ from fxquant.config import QuantConfig
 from fxquant.observers import search
 from fxquant.passes.insert_observers import observer_nodes
 from fxquant.quantizers import activation_fitter
-from fxquant.quantizers.uniform import UniformParams, quantize_codes
+from fxquant.quantizers.uniform import UniformParams, qrange, quantize_codes
 
 FITTED_ATTR = "fitted"  # an observer attribute a pass may set to override fitting
 # Meta on each quantized F.linear/conv node: the float weight its codes were rounded from, for
@@ -36,7 +36,10 @@ def fit_weight(weight: torch.Tensor, config: QuantConfig) -> UniformParams:
         rows = rows.reshape(-1)
     params = search.fit(spec.observer, rows, rows.amin(0), rows.amax(0),
                         config.bits_for(spec), spec.symmetric)
-    return UniformParams(params.scale, params.zero_point, params.qmin, params.qmax, axis=0)
+    # An asymmetric (unsigned) grid moves to the signed range, same grid, so codes fit int8/int4.
+    shift = params.qmin - qrange(config.bits_for(spec), signed=True)[0] if params.qmin >= 0 else 0
+    return UniformParams(params.scale, params.zero_point - shift, params.qmin - shift,
+                         params.qmax - shift, axis=0)
 
 
 def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> None:

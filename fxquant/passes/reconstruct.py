@@ -169,7 +169,7 @@ class _TrainableBlock:
         dq = node.args[1]
         codes, scale, zero_point = (_resolve(self.module, a) for a in dq.args[:3])
         weight = node.meta[FLOAT_WEIGHT_KEY]
-        params = fit_weight(weight, config)  # only for the code range the quantize pass used
+        params = fit_weight(weight[:1], config)  # the code range only: it ignores the values
         rounding = _LearnedRounding(weight.to(scale.device), scale, zero_point, dq.args[3],
                                     params.qmin, params.qmax)
         self.roundings[dq.args[0].target] = rounding

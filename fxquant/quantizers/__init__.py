@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from fxquant.errors import FxQuantError
-from fxquant.quantizers import log2, tan, uniform
+from fxquant.quantizers import int_layernorm, int_softmax, log2, pow2, tan, two_scale, uniform
 
 
 def _fit_uniform(observer, spec, bits: int):
@@ -18,10 +18,14 @@ def _fit_uniform(observer, spec, bits: int):
 
 
 ACTIVATION_FITTERS: dict[str, Callable] = {"uniform": _fit_uniform, "tan": tan.fit_observer,
-                                           **log2.FITTERS}
+                                           **log2.FITTERS, "two_scale": two_scale.fit_observer,
+                                           "o2sf": two_scale.fit_outlier_observer,
+                                           "ptf": pow2.fit_observer, "lis": int_softmax.fit_lis}
 
 ONNX_TRANSLATIONS = {**uniform.ONNX_TRANSLATIONS, **tan.ONNX_TRANSLATIONS,
-                     **log2.ONNX_TRANSLATIONS}
+                     **log2.ONNX_TRANSLATIONS, **two_scale.ONNX_TRANSLATIONS,
+                     **pow2.ONNX_TRANSLATIONS, **int_layernorm.ONNX_TRANSLATIONS,
+                     **int_softmax.ONNX_TRANSLATIONS}
 
 
 def activation_fitter(name: str) -> Callable:

@@ -127,11 +127,11 @@ def _fitter(root: int):
         if spec.per_channel:
             raise FxQuantError("log quantizers are per tensor: set per_channel=False for their role")
         samples = observer.samples()
-        deltas = sorted({float(search.quantile(samples, p)) for p in search.PERCENTILES} - {0.0})
-        if not deltas or deltas[-1] <= 0:
+        deltas = sorted({d for d in search.quantile(samples, search.PERCENTILES).tolist() if d > 0})
+        if not deltas:
             raise FxQuantError(f"the {observer.role} values are not positive: a log quantizer "
                                "needs softmax-like inputs")
-        return fit(samples, [d for d in deltas if d > 0], bits, root)
+        return fit(samples, deltas, bits, root)
     return fit_observer
 
 

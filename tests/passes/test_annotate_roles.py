@@ -76,3 +76,12 @@ def test_model_input_fed_to_a_layer_has_its_own_role():
 def test_model_without_linear_is_refused():
     with pytest.raises(FxQuantError, match="no Linear"):
         annotate_roles(trace(nn.Sequential(nn.LayerNorm(4), nn.GELU())))
+
+
+def test_fully_quantized_marks_the_inputs_of_layernorm_softmax_and_gelu():
+    table = dict(role_table(annotate_roles(trace(_Block()), fully_quantized=True)))
+    assert table["x"] == roles.PRE_LAYERNORM and table["add"] == roles.PRE_LAYERNORM
+    assert table["matmul"] == roles.PRE_SOFTMAX and table["fc1"] == roles.PRE_GELU
+    assert table["softmax"] == roles.POST_SOFTMAX                  # the other roles are unchanged
+    default = dict(role_table(annotate_roles(trace(_Block()))))
+    assert not set(default.values()) & set(roles.FULLY_QUANTIZED_ROLES)

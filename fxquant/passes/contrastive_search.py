@@ -1,0 +1,294 @@
+"""CPT-V (Evol-Q): block-wise evolutionary search of the quantization scales on a contrastive loss.
+
+The quantized graph is cut at its residual adds (`blocks.split_blocks`) and the blocks holding
+scales to search are visited last first, `cptv_passes` times. A visit starts a population of
+`cptv_population` copies of the block's scales; each of `cptv_cycles` cycles draws
+`cptv_tournament` members (with replacement), perturbs the fittest, s -> s·(1 + U(-ε, ε)), scores
+the child and drops the worst member; the block keeps the best. The score is InfoNCE between the
+quantized model's outputs and the float reference's (`contrastive_loss`) on the search part of
+the calibration images, run from the block on: its inputs are cached once a pass (a block cannot
+change what runs before it, and blocks are visited last first). After each visit the loss on the
+held-out part of the calibration images decides which state the pass returns: no test data.
+
+Which scales (`cptv_scales`): "attention" (as the official code: the weight scales of the Linears
+on residual branches holding a Softmax), "weights" (every uniform weight scale) or "all" (those
+and every uniform activation scale). Zero points and integer ranges stay; a weight's integer codes
+are re-rounded from its float weight (`quantize.FLOAT_WEIGHT_KEY`) under each new scale, so the
+stored codes always match the scales. Other quantizer kinds (log2, TanQ, ...) are left alone.
+
+Deviation from the official code: relative noise (ε = 0.03 at <= 4 bits, 0.05 above, or
+`cptv_noise`) instead of an absolute ±1e-3, which ignores a scale's magnitude.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fxquant import patterns, roles
+from fxquant.blocks import Block, block_module, split_blocks
+from fxquant.config import QuantConfig
+from fxquant.errors import FxQuantError
+from fxquant.passes.float_reference import float_reference
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, fit_weight
+from fxquant.passes.reconstruct import _graph_inputs
+from fxquant.quantizers.uniform import MIN_SCALE, quantize_codes
+
+OPTIONS = {"cptv_scales": "attention", "cptv_passes": 10, "cptv_cycles": 3,
+           "cptv_population": 15, "cptv_tournament": 10, "cptv_noise": None,
+           "cptv_temperature": 3.0, "cptv_batch_size": 100, "cptv_holdout": 0.2,
+           "cptv_seed": 0, "cptv_max_seconds": None}
+SCALE_SETS = ("attention", "weights", "all")
+_CHUNK = 250  # images per forward
+
+
+def contrastive_loss(q: torch.Tensor, f: torch.Tensor, temperature: float = 3.0,
+                     batch_size: int = 100) -> float:
+    """InfoNCE of outputs q against reference outputs f (a row an image), scaled by 2τ: positives
+    on the diagonal, negatives the other images of the same batch; the mean over the batches."""
+    losses = []
+    for i in range(0, len(q), batch_size):
+        qb = F.normalize(q[i:i + batch_size].flatten(1).float(), dim=1)
+        fb = F.normalize(f[i:i + batch_size].flatten(1).float(), dim=1)
+        labels = torch.arange(len(qb), device=qb.device)
+        losses.append(2 * temperature * F.cross_entropy(qb @ fb.T / temperature, labels))
+    return torch.stack(losses).mean().item()
+
+
+@dataclass
+class _Scale:
+    """A searched scale buffer; for a weight scale, what re-derives the codes from it."""
+    name: str
+    noise: float
+    codes: str | None = None
+    weight: torch.Tensor | None = None
+    zero_point: torch.Tensor | None = None
+    qmin: int = 0
+    qmax: int = 0
+    axis: int = 0
+
+
+def _noise(qmin: int, qmax: int, opts: dict) -> float:
+    if opts["cptv_noise"] is not None:
+        return float(opts["cptv_noise"])
+    return 0.03 if math.log2(qmax - qmin + 1) <= 4 else 0.05
+
+
+def _weight_scale(gm: fx.GraphModule, node: fx.Node, config: QuantConfig, opts: dict):
+    dq = node.args[1]
+    if not (isinstance(dq, fx.Node) and dq.target is torch.ops.fxquant.dequantize.default):
+        return None  # not a uniform integer weight
+    if FLOAT_WEIGHT_KEY not in node.meta:
+        raise FxQuantError(f"{node.name} carries no float weight: cpt-v needs a model quantized "
+                           "by this version of fxquant")
+    codes, scale, zero_point = (a.target for a in dq.args[:3])
+    weight, zp = node.meta[FLOAT_WEIGHT_KEY], gm.get_buffer(zero_point)
+    params = fit_weight(weight, config)  # the code range the quantize pass used
+    nearest = quantize_codes(weight, gm.get_buffer(scale), zp, params.qmin, params.qmax, dq.args[3])
+    if not torch.equal(nearest, gm.get_buffer(codes).to(nearest.dtype)):
+        warnings.warn(f"cpt-v leaves {node.name} alone: its codes are not the nearest rounding of "
+                      "its float weight (an earlier refinement chose them)")
+        return None
+    return _Scale(scale, _noise(params.qmin, params.qmax, opts), codes, weight, zp,
+                  params.qmin, params.qmax, dq.args[3])
+
+
+def _activation_scale(node: fx.Node, opts: dict):
+    if node.target is not torch.ops.fxquant.fake_quant.default:
+        return None
+    _, scale, _, qmin, qmax, _ = node.args
+    return _Scale(scale.target, _noise(qmin, qmax, opts))
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, stack = {node}, [node]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                stack.append(arg)
+    return seen
+
+
+def _attention_branch(gm: fx.GraphModule, block: Block, adds: set[fx.Node]) -> list[fx.Node]:
+    """The nodes of the residual branch closing `block` when a Softmax is on it, else none."""
+    end = block.nodes[-1]
+    if end not in adds:
+        return []
+    a, b = end.args[:2]
+    skip = a if a in _ancestors(b) else b
+    branch = [n for n in block.nodes if n not in _ancestors(skip)]
+    return branch if any(patterns.is_softmax(gm, n) for n in branch) else []
+
+
+def _block_scales(gm, block: Block, adds, config: QuantConfig, opts: dict) -> list[_Scale]:
+    which = opts["cptv_scales"]
+    nodes = _attention_branch(gm, block, adds) if which == "attention" else block.nodes
+    found: dict[str, _Scale] = {}
+    for node in nodes:
+        if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
+            scale = _weight_scale(gm, node, config, opts)
+        elif which == "all" and node.op == "call_function":
+            scale = _activation_scale(node, opts)
+        else:
+            continue
+        if scale is not None:
+            found.setdefault(scale.name, scale)
+    return list(found.values())
+
+
+def _read(gm: fx.GraphModule, scales: list[_Scale]) -> torch.Tensor:
+    return torch.cat([gm.get_buffer(s.name).reshape(-1) for s in scales]).clone()
+
+
+def _write(gm: fx.GraphModule, scales: list[_Scale], genome: torch.Tensor) -> None:
+    """Scales <- genome, and every weight's codes re-rounded from its float weight."""
+    offset = 0
+    for s in scales:
+        buffer = gm.get_buffer(s.name)
+        buffer.copy_(genome[offset:offset + buffer.numel()].view_as(buffer))
+        offset += buffer.numel()
+        if s.codes is not None:
+            codes = gm.get_buffer(s.codes)
+            codes.copy_(quantize_codes(s.weight, buffer, s.zero_point, s.qmin, s.qmax, s.axis))
+
+
+class _Suffix:
+    """The graph run from block `start` to its output on cached block inputs, in image chunks."""
+
+    def __init__(self, gm: fx.GraphModule, blocks: list[Block]):
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        if not isinstance(out, fx.Node):
+            raise FxQuantError("cpt-v needs a model that returns one tensor (its logits)")
+        self.final, self.blocks = out.name, blocks
+        self.modules = [block_module(gm, b) for b in blocks]
+        made = {n.name: i for i, b in enumerate(blocks) for n in b.nodes}
+        # needed[i]: the values blocks i.. read that were made before block i (or graph inputs)
+        self.needed = [{v.name for b in blocks[i:] for v in b.inputs if made.get(v.name, -1) < i}
+                       for i in range(len(blocks))]
+
+    def run(self, start: int, values: dict, rows: slice, keep: set[str] = frozenset()):
+        """(outputs for `rows`, the values named in `keep` for those rows)."""
+        outs, kept = [], {k: [] for k in keep}
+        for i in range(rows.start, rows.stop, _CHUNK):
+            part = slice(i, min(i + _CHUNK, rows.stop))
+            env = {k: values[k][part] for k in self.needed[start] if k in values}
+            for module, block in zip(self.modules[start:], self.blocks[start:]):
+                results = module(**{v.name: env[v.name] for v in block.inputs if v.name in env})
+                env.update(zip((o.name for o in block.outputs), results))
+            outs.append(env[self.final])
+            for k in keep & env.keys():
+                kept[k].append(env[k])
+        return torch.cat(outs), {k: torch.cat(v) for k, v in kept.items() if v}
+
+
+def _options(config: QuantConfig) -> dict:
+    unknown = sorted(k for k in config.options if k.startswith("cptv_") and k not in OPTIONS)
+    if unknown:
+        raise FxQuantError(f"unknown cpt-v option(s) {unknown}: available are {sorted(OPTIONS)}")
+    opts = {**OPTIONS, **{k: v for k, v in config.options.items() if k in OPTIONS}}
+    if opts["cptv_scales"] not in SCALE_SETS:
+        raise FxQuantError(f"cptv_scales must be one of {SCALE_SETS}, got {opts['cptv_scales']!r}")
+    if not 0 <= opts["cptv_holdout"] < 1:
+        raise FxQuantError(f"cptv_holdout is a fraction in [0, 1), got {opts['cptv_holdout']}")
+    if opts["cptv_population"] < 1 or opts["cptv_tournament"] < 1:
+        raise FxQuantError("cptv_population and cptv_tournament must be at least 1")
+    return opts
+
+
+@torch.no_grad()
+def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
+                       calib_loader: Iterable) -> fx.GraphModule:
+    opts = _options(config)
+    began = time.perf_counter()
+    blocks = split_blocks(gm)
+    adds = set(patterns.residual_adds(gm))
+    searched = [(i, s) for i, b in enumerate(blocks) if (s := _block_scales(gm, b, adds, config, opts))]
+    if not searched:
+        raise FxQuantError(f"cpt-v found no uniform scales to search (cptv_scales="
+                           f"{opts['cptv_scales']!r}); 'attention' needs Softmax residual branches")
+    generator = torch.Generator().manual_seed(opts["cptv_seed"])
+    inputs = _graph_inputs(gm, calib_loader)
+    n = len(next(iter(inputs.values())))
+    order = torch.randperm(n, generator=generator)
+    inputs = {k: v[order.to(v.device)] for k, v in inputs.items()}
+    n_search = n - round(n * opts["cptv_holdout"])
+    if n_search < 2:
+        raise FxQuantError(f"cpt-v needs at least 2 calibration images to search on, got {n_search}")
+    search_rows, hold_rows, all_rows = slice(0, n_search), slice(n_search, n), slice(0, n)
+    suffix, reference = _Suffix(gm, blocks), float_reference(gm)
+    target = torch.cat([reference(**{k: v[i:i + _CHUNK] for k, v in inputs.items()})
+                        for i in range(0, n, _CHUNK)])
+
+    def loss(out: torch.Tensor, rows: slice) -> float:
+        return contrastive_loss(out, target[rows], opts["cptv_temperature"], opts["cptv_batch_size"])
+
+    def judge(search_loss: float, start: int, cache: dict) -> float:
+        """What picks the returned state: the held-out loss, or the search loss without a holdout."""
+        return loss(suffix.run(start, cache, hold_rows)[0], hold_rows) if n_search < n else search_loss
+
+    keep = set().union(*(suffix.needed[i] for i, _ in searched))
+    out, cache = suffix.run(0, inputs, all_rows, keep)
+    current = loss(out[search_rows], search_rows)
+    first = judge(current, 0, cache)
+    best = {"judge": first, "loss": current, "genomes": [_read(gm, s) for _, s in searched]}
+    record = {"searched": {i: [s.name for s in scales] for i, scales in searched},
+              "images": {"search": n_search, "holdout": n - n_search},
+              "start_loss": current, "start_judge": first, "history": [], "visits": [],
+              "stopped_by_budget": False}
+    budget, last_eval = opts["cptv_max_seconds"], 0.0
+    bar = tqdm(total=opts["cptv_passes"] * len(searched) * opts["cptv_cycles"], desc="cpt-v search",
+               leave=False)
+    for p in range(opts["cptv_passes"]):
+        if p:
+            cache = suffix.run(0, inputs, all_rows, keep)[1]
+        for i, scales in reversed(searched):
+            x0 = _read(gm, scales)
+            eps = torch.cat([torch.full((gm.get_buffer(s.name).numel(),), s.noise) for s in scales])
+            population = [(current, x0)] * opts["cptv_population"]
+            for _ in range(opts["cptv_cycles"]):
+                if budget is not None and time.perf_counter() - began + last_eval > budget:
+                    record["stopped_by_budget"] = True
+                    break
+                picks = torch.randint(len(population), (opts["cptv_tournament"],), generator=generator)
+                parent = min((population[j] for j in picks.tolist()), key=lambda m: m[0])[1]
+                noise = (torch.rand(len(parent), generator=generator) * 2 - 1) * eps
+                child = (parent * (1 + noise.to(parent.device))).clamp_min(MIN_SCALE)
+                tick = time.perf_counter()
+                _write(gm, scales, child)
+                child_loss = loss(suffix.run(i, cache, search_rows)[0], search_rows)
+                last_eval = time.perf_counter() - tick
+                population.append((child_loss, child))
+                population.pop(max(range(len(population)), key=lambda j: population[j][0]))
+                record["history"].append({"pass": p, "block": i, "loss": child_loss,
+                                          "seconds": round(time.perf_counter() - began, 2)})
+                bar.update(1)
+                bar.set_postfix(loss=f"{min(m[0] for m in population):.4f}",
+                                held_out=f"{best['judge']:.4f}")
+            current, genome = min(population, key=lambda m: m[0])
+            _write(gm, scales, genome)
+            if record["stopped_by_budget"] and n_search < n:
+                break  # no time left to judge this visit: it is dropped below
+            judged = judge(current, i, cache)
+            record["visits"].append({"pass": p, "block": i, "loss": current, "judge": judged,
+                                     "evaluations": len(record["history"])})
+            if judged < best["judge"]:
+                best = {"judge": judged, "loss": current, "genomes": [_read(gm, s) for _, s in searched]}
+            if record["stopped_by_budget"]:
+                break
+        if record["stopped_by_budget"]:
+            break
+    bar.close()
+    for (_, scales), genome in zip(searched, best["genomes"]):
+        _write(gm, scales, genome)
+    record.update(final_loss=best["loss"], final_judge=best["judge"],
+                  seconds=round(time.perf_counter() - began, 2))
+    gm.meta["cpt-v"] = record
+    return gm

@@ -1,0 +1,210 @@
+"""RepQ-ViT: fold per-channel post-LayerNorm grids into the LayerNorm and the Linears it feeds.
+
+For LN -> [layout ops]* -> Linear(s) with channel-wise grids (s_c, z_c) fitted on the LN output:
+    s~ = target(s), z~ = round(target(z)), r = s / s~, t = s~ (z - z~)
+    LN: gamma' = gamma / r, beta' = beta / r + t        Linear: W' = W diag(r), b' = b - W' t
+The float function is unchanged and the per-tensor grid (s~, z~) on the new LN output is the
+channel-wise grid in the old units (z~ is an integer); it is left on the observers as `fitted`.
+Zero padding on a path becomes pad(x - t) + t, so padded positions still mean 0 in old units.
+The target (`config.options["fold_target"]`, default "mean") names an entry of FOLD_TARGETS.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Callable, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from fxquant import patterns, roles
+from fxquant.calibrate import run_batch
+from fxquant.config import QuantConfig
+from fxquant.data import batch_inputs
+from fxquant.errors import FxQuantError
+from fxquant.observers import search
+from fxquant.passes.insert_observers import OBSERVED_KEY, observer_nodes
+from fxquant.passes.quantize import FITTED_ATTR
+from fxquant.quantizers.uniform import UniformParams
+
+# Per-tensor target of the channel scales / zero points; "median" is DopQ-ViT's MOSF.
+FOLD_TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": torch.mean,
+                                                                   "median": torch.median}
+_METADATA_ATTRS = {"shape", "dtype", "device", "ndim"}
+
+
+def _reads_only_metadata(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA_ATTRS)
+            or (node.op == "call_method" and node.target in ("size", "dim")))
+
+
+def _reach(gm: fx.GraphModule, ln: fx.Node) -> tuple[list[fx.Node], ...]:
+    """(observers, Linears, pads, other readers) the LN output reaches through layout ops."""
+    observers, linears, pads, others, seen = [], [], [], [], set()
+    stack = list(ln.users)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if OBSERVED_KEY in node.meta:
+            observers.append(node)
+            stack.extend(node.users)
+        elif patterns.is_linear(gm, node):
+            linears.append(node)
+        elif patterns.is_layout(node):
+            if node.target is F.pad:
+                pads.append(node)
+            stack.extend(node.users)
+        elif not _reads_only_metadata(node):
+            others.append(node)
+    return observers, linears, pads, others
+
+
+def _own_copy(gm: fx.GraphModule, node: fx.Node, what: str) -> nn.Module:
+    """The module `node` calls, copied into gm so that folding leaves the user's model as it was."""
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target]
+    if len(calls) != 1:
+        raise FxQuantError(f"{what} {node.target} is called {len(calls)} times: folding scales into "
+                           "it would change every call")
+    module = copy.deepcopy(patterns.module_of(gm, node))
+    gm.set_submodule(node.target, module)
+    return module
+
+
+class _ChannelIndex(nn.Module):
+    """Stands in for a LayerNorm during the probe: channel c holds the value c + 1."""
+
+    def __init__(self, name: str, channels: int):
+        super().__init__()
+        self.name, self.channels = name, channels
+
+    def forward(self, x):
+        if x.shape[-1] != self.channels:
+            raise FxQuantError(f"LayerNorm {self.name} does not normalize the last axis of its "
+                               f"input {tuple(x.shape)}: the RepQ-ViT fold needs channels last")
+        return torch.arange(1, self.channels + 1, dtype=x.dtype, device=x.device).expand_as(x)
+
+
+class _Record(nn.Module):
+    """Stands in for an observer during the probe: keeps what reaches it, records no statistics."""
+
+    def forward(self, x):
+        self.seen = x
+        return x
+
+
+def _check_channels_last(gm: fx.GraphModule, folds: dict, calib_loader: Iterable) -> None:
+    """Run one batch with each LN output replaced by its channel index: every observer on a fold
+    path must see channel c at position c of the last axis (or 0, padding)."""
+    swaps = {n.target: _ChannelIndex(n.name, patterns.module_of(gm, n).normalized_shape[0])
+             for n in folds}
+    swaps.update({n.target: _Record() for n in observer_nodes(gm)})
+    originals = {target: gm.get_submodule(target) for target in swaps}
+    for target, module in swaps.items():
+        gm.set_submodule(target, module)
+    args, kwargs = batch_inputs(next(iter(calib_loader)))
+    try:
+        run_batch(gm, {k: v[:1] for k, v in kwargs.items()} if kwargs else args[0][:1], 0,
+                  "layout probe")
+    finally:
+        for target, module in originals.items():
+            gm.set_submodule(target, module)
+    for ln, (observers, _, _) in folds.items():
+        channels = patterns.module_of(gm, ln).normalized_shape[0]
+        index = torch.arange(1, channels + 1, dtype=torch.float32)
+        for obs in observers:
+            seen = swaps[obs.target].seen.float().cpu()
+            if seen.shape[-1] != channels or not ((seen == index) | (seen == 0)).all():
+                raise FxQuantError(f"the layout ops between LayerNorm {ln.name} and {obs.name} move "
+                                   "its channel axis away from the last position: the RepQ-ViT "
+                                   "fold needs channels last")
+
+
+def _channel_params(gm: fx.GraphModule, observers: list[fx.Node], config: QuantConfig) -> UniformParams:
+    """Channel-wise grid of the LN output, from the statistics of every observer on its paths."""
+    spec = config.roles[roles.POST_LAYERNORM]
+    stats = [gm.get_submodule(o.target) for o in observers]
+    samples = torch.cat([s.samples() for s in stats])
+    lo = torch.stack([s.min.cpu() for s in stats]).amin(0)
+    hi = torch.stack([s.max.cpu() for s in stats]).amax(0)
+    return search.fit(spec.observer, samples, lo, hi, config.bits_for(spec), spec.symmetric)
+
+
+def fold_factors(params: UniformParams, target: str = "mean") -> tuple[torch.Tensor, torch.Tensor, UniformParams]:
+    """(r, t, per-tensor grid) for channel-wise `params`, with s~ and z~ from FOLD_TARGETS[target]."""
+    if target not in FOLD_TARGETS:
+        raise FxQuantError(f"unknown fold_target {target!r}: available are {sorted(FOLD_TARGETS)}")
+    reduce = FOLD_TARGETS[target]
+    scale = reduce(params.scale).reshape(())
+    zero_point = torch.round(reduce(params.zero_point.float())).clamp(params.qmin, params.qmax)
+    r = params.scale / scale
+    t = scale * (params.zero_point.float() - zero_point)
+    return r, t, UniformParams(scale, zero_point.to(torch.int32), params.qmin, params.qmax)
+
+
+@torch.no_grad()
+def _fold(ln: nn.LayerNorm, linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor) -> None:
+    if ln.weight is None:
+        ln.weight = nn.Parameter(torch.ones_like(r))
+    if ln.bias is None:
+        ln.bias = nn.Parameter(torch.zeros_like(r))
+    ln.weight.div_(r)
+    ln.bias.div_(r).add_(t)
+    for linear in linears:
+        linear.weight.mul_(r)
+        shift = linear.weight @ t
+        if linear.bias is None:
+            linear.bias = nn.Parameter(-shift)
+        else:
+            linear.bias.sub_(shift)
+
+
+def _shift_padding(gm: fx.GraphModule, pad: fx.Node, name: str, t: torch.Tensor) -> None:
+    """pad(x) -> pad(x - t) + t: padded positions keep the old value 0."""
+    gm.register_buffer(name, t)
+    graph = gm.graph
+    with graph.inserting_before(pad):
+        shift = graph.get_attr(name)
+        pad.update_arg(0, graph.call_function(operator.sub, (pad.args[0], shift)))
+    with graph.inserting_after(pad):
+        restored = graph.call_function(operator.add, (pad, shift))
+    pad.replace_all_uses_with(restored, delete_user_cb=lambda user: user is not restored)
+
+
+def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
+                             calib_loader: Iterable) -> fx.GraphModule:
+    spec = config.roles.get(roles.POST_LAYERNORM)
+    if spec is None or not spec.per_channel:
+        return gm
+    target = config.options.get("fold_target", "mean")
+    folds = {}
+    for ln in [n for n in gm.graph.nodes if patterns.is_layernorm(gm, n)]:
+        observers, linears, pads, others = _reach(gm, ln)
+        if not observers or not linears:
+            continue
+        if others:
+            raise FxQuantError(f"LayerNorm {ln.name} also feeds {others[0].name} ({others[0].target}), "
+                               "which is not a Linear: its per-channel scales cannot be folded "
+                               "exactly; quantize post_layernorm per tensor for this model")
+        module = patterns.module_of(gm, ln)
+        if module is None or len(module.normalized_shape) != 1:
+            raise FxQuantError(f"LayerNorm {ln.name} must be an nn.LayerNorm over the last axis "
+                               "for the RepQ-ViT fold")
+        folds[ln] = (observers, linears, pads)
+    if folds:
+        _check_channels_last(gm, folds, calib_loader)
+    for ln, (observers, linears, pads) in folds.items():
+        r, t, per_tensor = fold_factors(_channel_params(gm, observers, config), target)
+        modules = [_own_copy(gm, lin, "Linear") for lin in linears]
+        r, t = (v.to(modules[0].weight) for v in (r, t))
+        _fold(_own_copy(gm, ln, "LayerNorm"), modules, r, t)
+        for i, pad in enumerate(pads):
+            _shift_padding(gm, pad, f"{ln.name}_fold_shift_{i}", t)
+        for obs in observers:
+            setattr(gm.get_submodule(obs.target), FITTED_ATTR, per_tensor)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

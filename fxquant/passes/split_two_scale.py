@@ -1,0 +1,53 @@
+"""V-2SF quantizer -> Linear  ==>  Linear(region S part) + Linear(region L part, no bias).
+
+x̂ = x̂_S + x̂_L exactly (`quantizers/two_scale.py: two_scale_region`), each part one uint8 grid, so
+onnxruntime runs each product on its integer MatMul kernels (spec §6, 2× the MACs of that Linear).
+Without the split the exported Linear reads V-2SF's int16 codes, and onnxruntime rewrites a float
+activation times int8 weights into MatMulNBits, which requantizes the activation to int8 on the
+fly: the two-scale levels are lost and the export drifts from the PyTorch numerics.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from fxquant import roles
+from fxquant.config import QuantConfig
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
+
+TWO_SCALE = torch.ops.fxquant.two_scale_quant.default
+REGION = torch.ops.fxquant.two_scale_region.default
+
+
+def _split_linear(graph: fx.Graph, linear: fx.Node, parts: list[fx.Node]) -> None:
+    _, weight, bias = linear.args   # as the quantize pass writes it
+    with graph.inserting_before(linear):
+        products = [graph.call_function(F.linear, (part, weight, bias if i == 0 else None))
+                    for i, part in enumerate(parts)]
+        total = graph.call_function(operator.add, tuple(products))
+    for product in products:
+        product.meta.update({k: linear.meta[k] for k in (roles.WEIGHT_KEY, FLOAT_WEIGHT_KEY)
+                             if k in linear.meta})
+    linear.replace_all_uses_with(total)
+    graph.erase_node(linear)
+
+
+def split_two_scale(gm: fx.GraphModule, config: QuantConfig | None = None,
+                    calib_loader=None) -> fx.GraphModule:
+    graph = gm.graph
+    for quantizer in [n for n in graph.nodes if n.target is TWO_SCALE]:
+        linears = [u for u in quantizer.users
+                   if u.target is F.linear and u.args[0] is quantizer and u.meta.get(roles.WEIGHT_KEY)]
+        if not linears:
+            continue
+        with graph.inserting_after(quantizer):
+            parts = [graph.call_function(REGION, (quantizer, *quantizer.args[1:], large))
+                     for large in (False, True)]
+        for linear in linears:
+            _split_linear(graph, linear, parts)
+    graph.lint()
+    gm.recompile()
+    return gm

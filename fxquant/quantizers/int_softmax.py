@@ -1,0 +1,164 @@
+"""Integer softmax (I-BERT's i-exp) on quantized logits, and FQ-ViT's Log-Int-Softmax (LIS).
+
+i-exp on the logits' integer codes x (grid s_a), per row: x ← x − max x (≤ 0), x ← max(x, n·x0),
+    x0 = ⌊−ln2 / s_a⌋, k = ⌊x / x0⌋, r = x − k·x0, z = r·(r + ⌊(b/a)/s_a⌋) + ⌊(1/a)/s_a²⌋,
+    e = z · 2^(n − k)        (a, b = 0.35815147, 0.96963238; n = 30, less if int64 could overflow)
+all in int64, exact. Then either
+- `int_softmax`: e / Σe in float32, quantized by the uniform post-Softmax quantizer that follows;
+- `lis_attention` (LIS, ≤ 4 bits): ratio = round(Σe / e), code = Σ_{j=1}^{2^b} [ratio ≥ 0.75·2^j]
+  (nearest power of two with the linear midpoint), attention 2^−code, 0 where code = 2^b; fused
+  with the A·V product that reads it. Its levels are a log2 quantizer's (`log2.LogParams`, Δ = 1):
+  uint8 powers of two in branches of 8 codes, so ONNX computes A·V as Σ_branch MatMul(DQ(uint8
+  branch, 2^−(8g+7)), V): exact integer products, no BitShift.
+The ONNX lowering reads the codes with QuantizeLinear and keeps every step above in int64; only
+`int_softmax`'s final division is float32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from onnxscript import ir
+from onnxscript import opset21 as op
+
+from fxquant.errors import FxQuantError
+from fxquant.quantizers.log2 import LogParams, levels
+
+COEFFS = (0.35815147, 0.96963238, 1.0)   # I-BERT's a·(x + b/a)² + c/a fit of exp on (−ln2, 0]
+N_EXP = 30
+MAX_ROW = 1 << 16                        # the int64 bound assumes rows of at most this many logits
+LIS_MAX_BITS = 4                         # FQ-ViT's LIS; more attention bits stay uniform (8/8/8)
+
+
+@dataclass(frozen=True)
+class ExpConstants:
+    """Integer constants of i-exp on the logit grid `scale`."""
+    x0: int
+    b_int: int
+    c_int: int
+    n: int
+
+    @classmethod
+    def make(cls, scale: float) -> "ExpConstants":
+        a, b, c = COEFFS
+        if not scale > 0 or not math.isfinite(scale):
+            raise FxQuantError(f"integer softmax needs a positive logit scale, got {scale}")
+        x0, b_int, c_int = math.floor(-math.log(2) / scale), math.floor(b / a / scale), math.floor(c / a / scale ** 2)
+        if min(r * (r + b_int) + c_int for r in range(x0 + 1, 1)) < 1:
+            raise FxQuantError(f"logit scale {scale} is too coarse for the integer softmax (exp would be 0)")
+        # z ≤ c_int, so Σ_row e < MAX_ROW · c_int · 2^n must stay below 2^62 (2Σ + e below 2^63).
+        n = min(N_EXP, 62 - MAX_ROW.bit_length() - c_int.bit_length())
+        if n < 1:
+            raise FxQuantError(f"logit scale {scale} is too fine for a 64-bit integer softmax")
+        return cls(x0, b_int, c_int, n)
+
+    def constants(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.b_int, self.c_int, self.n)
+
+
+def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: int, n: int):
+    """(e, Σ_row e) in int64 for dequantized logits x on the grid `scale` (last axis = row)."""
+    q = torch.round(x / scale).to(torch.int64)
+    q = torch.clamp(q - q.amax(-1, keepdim=True), min=n * x0)
+    k = torch.div(q, x0, rounding_mode="floor")
+    r = q - k * x0
+    e = (r * (r + b_int) + c_int) << (n - k)
+    return e, e.sum(-1, keepdim=True)
+
+
+@torch.library.custom_op("fxquant::int_softmax", mutates_args=())
+def int_softmax(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                x0: int, b_int: int, c_int: int, n: int) -> torch.Tensor:
+    e, total = exp_int(x, scale, x0, b_int, c_int, n)
+    return e.float() / total.float()
+
+
+@int_softmax.register_fake
+def _(x, scale, zero_point, qmin, x0, b_int, c_int, n):
+    return torch.empty_like(x)
+
+
+def ratio_thresholds(n_levels: int) -> list[int]:
+    """round(Σe/e) ≥ 0.75·2^j for an integer ratio: ratio ≥ ⌈0.75·2^j⌉, j = 1 .. n_levels."""
+    return [math.ceil(0.75 * 2 ** j) for j in range(1, n_levels + 1)]
+
+
+def lis_index(e: torch.Tensor, total: torch.Tensor, n_levels: int) -> torch.Tensor:
+    """Level index m = n_levels − code of a log2 level table (0 = masked, n_levels = 2^0)."""
+    ratio = torch.div(2 * total + e, 2 * e, rounding_mode="floor")
+    code = torch.bucketize(ratio, torch.tensor(ratio_thresholds(n_levels), device=e.device), right=True)
+    return n_levels - code
+
+
+@torch.library.custom_op("fxquant::lis_attention", mutates_args=())
+def lis_attention(x: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                  codes: torch.Tensor, scales: torch.Tensor, qmin: int,
+                  x0: int, b_int: int, c_int: int, n: int) -> torch.Tensor:
+    """LIS(x) @ v; `codes`, `scales` are the level tables of `LogParams.make(bits, 1, 1)`."""
+    e, total = exp_int(x, scale, x0, b_int, c_int, n)
+    attention = levels(codes, scales)[lis_index(e, total, codes.shape[1] - 1)]
+    return attention @ v
+
+
+@lis_attention.register_fake
+def _(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n):
+    return x.new_empty((*x.shape[:-1], v.shape[-1]))
+
+
+def lis_params(bits: int) -> LogParams:
+    """LIS without the integer softmax (float Softmax in front): the log2 levels 2^−code, Δ = 1,
+    rounded with LIS's linear midpoints, p ≥ (4/3)·2^−j ⇔ code < j."""
+    base = LogParams.make(bits, 1.0, 1)
+    n_levels = base.codes.shape[1] - 1
+    thresholds = torch.tensor([4 / 3 * 2.0 ** -j for j in range(n_levels, 0, -1)], dtype=torch.float32)
+    return replace(base, thresholds=thresholds)
+
+
+def fit_lis(observer, spec, bits: int):
+    """Post-Softmax quantizer "lis": LIS levels (no calibration) at ≤ 4 bits, else uniform."""
+    from fxquant.quantizers import activation_fitter
+    return lis_params(bits) if bits <= LIS_MAX_BITS else activation_fitter("uniform")(observer, spec, bits)
+
+
+def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int):
+    i64 = ir.DataType.INT64
+    dtype = ir.DataType.INT8 if qmin < 0 else ir.DataType.UINT8
+    last = op.Constant(value_ints=[-1])
+    q = op.Cast(op.QuantizeLinear(x, scale, op.Cast(zero_point, to=dtype)), to=i64)
+    q = op.Max(op.Sub(q, op.ReduceMax(q, last, keepdims=1)), op.Constant(value_int=n * x0))
+    x0_ = op.Constant(value_int=x0)
+    k = op.Div(q, x0_)                     # both ≤ 0: truncation is the floor
+    r = op.Sub(q, op.Mul(k, x0_))
+    z = op.Add(op.Mul(r, op.Add(r, op.Constant(value_int=b_int))), op.Constant(value_int=c_int))
+    powers = op.Constant(value_ints=[2 ** i for i in range(n + 1)])
+    e = op.Mul(z, op.Gather(powers, op.Sub(op.Constant(value_int=n), k)))
+    return e, op.ReduceSum(e, last, keepdims=1)
+
+
+def int_softmax_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int):
+    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n)
+    return op.Div(op.Cast(e, to=ir.DataType.FLOAT), op.Cast(total, to=ir.DataType.FLOAT))
+
+
+def lis_attention_onnx(x, v, scale, zero_point, codes, scales, qmin: int,
+                       x0: int, b_int: int, c_int: int, n: int):
+    n_levels = codes.shape[1] - 1
+    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n)
+    two = op.Constant(value_int=2)
+    ratio = op.Div(op.Add(op.Mul(two, total), e), op.Mul(two, e))    # positive: truncation = floor
+    above = op.GreaterOrEqual(op.Unsqueeze(ratio, op.Constant(value_ints=[-1])),
+                              op.Constant(value_ints=ratio_thresholds(n_levels)))
+    code = op.ReduceSum(op.Cast(above, to=ir.DataType.INT64), op.Constant(value_ints=[-1]), keepdims=0)
+    index = op.Sub(op.Constant(value_int=n_levels), code)
+    out = None
+    for branch in range(codes.shape[0]):
+        b = op.Constant(value_int=branch)
+        attention = op.DequantizeLinear(op.Gather(op.Gather(codes, b), index), op.Gather(scales, b))
+        term = op.MatMul(attention, v)
+        out = term if out is None else op.Add(out, term)
+    return out
+
+
+ONNX_TRANSLATIONS = {torch.ops.fxquant.int_softmax.default: int_softmax_onnx,
+                     torch.ops.fxquant.lis_attention.default: lis_attention_onnx}

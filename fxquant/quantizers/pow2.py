@@ -1,0 +1,93 @@
+"""PTF (FQ-ViT's Power-of-Two Factor): per-channel grids 2^α_c · s on one layer scale s, one zero point.
+
+    s = (max X − min X) / (2^b − 1) / 2^K,   zp = clip(round(−min X / (2^K s)), 0, 2^b − 1)
+    α_c = argmin_{α ∈ 0..K} ‖X_c − fq(X_c; 2^α s, zp)‖²       (first minimum: the finer grid)
+    q = clip(round(x_c / (2^α_c s)) + zp, 0, 2^b − 1),   x̂ = (q − zp) · 2^α_c · s
+
+min/max are over all channels; α is searched on the observer's sample of every calibration batch
+(FQ-ViT scores only the last batch). (q − zp) · 2^α_c are integers on the one grid s: what the
+integer LayerNorm (`quantizers/int_layernorm.py`) sums. ONNX: per-axis QuantizeLinear /
+DequantizeLinear on the last axis with the scale vector 2^α s and a zero-point vector of equal
+entries; standard QDQ, exact (2^α s is an exact float32 product).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from onnxscript import opset21 as op
+
+from fxquant.errors import FxQuantError
+from fxquant.quantizers.uniform import MIN_SCALE, fake_quant_onnx, fake_quantize, qrange
+
+K = 3            # factors 2^0 .. 2^K
+MAX_SHIFT = 31   # float32 powers of two the ONNX lowering tabulates
+
+
+def channel_scales(scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """2^α_c · s, exact in float32."""
+    return scale * torch.exp2(shift.to(scale.dtype))
+
+
+@torch.library.custom_op("fxquant::ptf_quant", mutates_args=())
+def ptf_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, shift: torch.Tensor,
+              qmin: int, qmax: int) -> torch.Tensor:
+    return fake_quantize(x, channel_scales(scale, shift), zero_point, qmin, qmax, -1)
+
+
+@ptf_quant.register_fake
+def _(x, scale, zero_point, shift, qmin, qmax):
+    return torch.empty_like(x)
+
+
+@dataclass(frozen=True)
+class PTFParams:
+    """A fitted PTF quantizer: layer scale, one zero point, per-channel shifts α_c (last axis)."""
+    scale: torch.Tensor        # () float32
+    zero_point: torch.Tensor   # () int32
+    shift: torch.Tensor        # (C,) int32 in 0..K
+    qmin: int
+    qmax: int
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return ptf_quant(x, self.scale.to(x.device), self.zero_point.to(x.device),
+                         self.shift.to(x.device), self.qmin, self.qmax)
+
+    def op(self):
+        return torch.ops.fxquant.ptf_quant.default
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"scale": self.scale, "zero_point": self.zero_point, "shift": self.shift}
+
+    def constants(self) -> tuple:
+        return (self.qmin, self.qmax)
+
+
+def fit(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, k: int = K) -> PTFParams:
+    """The K-candidate search on `samples` (N, C), with the layer range [lo, hi]."""
+    qmin, qmax = qrange(bits, signed=False)
+    lo, hi = torch.minimum(lo, hi).float(), torch.maximum(lo, hi).float()
+    widest = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE * 2 ** k)
+    scale = widest / 2 ** k
+    zero_point = torch.clamp(torch.round(-lo / widest), qmin, qmax).to(torch.int32)
+    errors = torch.stack([(fake_quantize(samples, scale * 2 ** a, zero_point, qmin, qmax) - samples)
+                          .pow(2).sum(0) for a in range(k + 1)])
+    return PTFParams(scale, zero_point, errors.argmin(0).to(torch.int32), qmin, qmax)
+
+
+def fit_observer(observer, spec, bits: int) -> PTFParams:
+    if not spec.per_channel:
+        raise FxQuantError(f"PTF searches a factor per channel: set per_channel=True for the "
+                           f"{observer.role} role")
+    return fit(observer.samples(), observer.min.min(), observer.max.max(), bits)
+
+
+def ptf_quant_onnx(x, scale, zero_point, shift, qmin: int, qmax: int):
+    """Per-axis QDQ: scales Gather'ed from a table of powers of two (exact, folded at export)."""
+    powers = op.Constant(value_floats=[float(2 ** i) for i in range(MAX_SHIFT + 1)])
+    scales = op.Mul(scale, op.Gather(powers, shift))
+    zero_points = op.Expand(zero_point, op.Shape(shift))
+    return fake_quant_onnx(x, scales, zero_points, qmin, qmax, -1)
+
+
+ONNX_TRANSLATIONS = {torch.ops.fxquant.ptf_quant.default: ptf_quant_onnx}

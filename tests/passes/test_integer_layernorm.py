@@ -1,0 +1,51 @@
+from collections import Counter
+
+import torch
+from torch import nn
+
+import fxquant
+
+INT_LN = torch.ops.fxquant.int_layer_norm.default
+
+
+class _Stream(nn.Module):
+    """Residual stream -> LN -> Linear; the last LN reaches the head through a getitem;
+    `side` adds a float reader of an LN output, which keeps that LN float."""
+
+    def __init__(self, d=16, side=False):
+        super().__init__()
+        self.embed, self.ln1, self.fc, self.ln2, self.head = (
+            nn.Linear(4, d), nn.LayerNorm(d), nn.Linear(d, d), nn.LayerNorm(d), nn.Linear(d, 3))
+        self.side = side
+
+    def forward(self, x):
+        x = self.embed(x)
+        h = self.ln1(x)
+        x = x + self.fc(h) + (h if self.side else 0)
+        return self.head(self.ln2(x)[:, 0])
+
+
+def _ops(gm):
+    return Counter(n.target for n in gm.graph.nodes if n.op in ("call_function", "call_module"))
+
+
+def _convert(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    calib = [torch.randn(8, 5, 4, generator=g) * 3 for _ in range(2)]
+    return fxquant.convert(model, calib, "fq-vit"), torch.randn(4, 5, 4, generator=g) * 3
+
+
+def test_every_layernorm_becomes_integer_and_stays_close_to_float():
+    model = _Stream().eval()
+    qmodel, x = _convert(model)
+    ops = _ops(qmodel)
+    assert ops[INT_LN] == 2 and "ln1" not in ops and "ln2" not in ops
+    assert ops[torch.ops.fxquant.ptf_quant.default] == 2          # residual stream quantized
+    ref, out = model(x), qmodel(x)
+    assert (out - ref).norm() / ref.norm() < 0.05
+
+
+def test_a_layernorm_read_in_float_stays_float():
+    qmodel, _ = _convert(_Stream(side=True).eval())
+    ops = _ops(qmodel)
+    assert ops[INT_LN] == 1 and "ln1" in ops

@@ -1,0 +1,81 @@
+import torch
+from torch import nn
+
+from fxquant.lowering.parity import onnx_output
+from fxquant.quantizers import int_softmax as isx
+from fxquant.quantizers.uniform import params_from_range
+
+S = torch.tensor(0.1)
+
+
+def test_worked_example_of_the_spec():
+    """Logits [2, 1, 0, -3] on the grid 0.1: codes [1, 2, 3, 8]."""
+    x = torch.tensor([[2.0, 1.0, 0.0, -3.0]])
+    c = isx.ExpConstants.make(0.1)
+    assert c.constants() == (-7, 27, 279, 30)
+    e, total = isx.exp_int(x, S, *c.constants())
+    assert e.tolist() == [[279 << 30, 207 << 29, 153 << 28, 253 << 23]]
+    p = isx.lis_params(4)
+    a = isx.lis_attention(x, torch.eye(4), S, torch.tensor(0), p.codes, p.scales, 0, *c.constants())
+    assert a.tolist() == [[0.5, 0.25, 0.125, 2 ** -8]]
+
+
+def test_linear_midpoint_rounding_and_masking():
+    ratios = torch.tensor([1, 2, 3, 5, 6, 11, 12, 49151, 49152])
+    index = isx.lis_index(torch.ones_like(ratios), ratios, 16)  # Σe/e = ratio exactly
+    assert (16 - index).tolist() == [0, 1, 2, 2, 3, 3, 4, 15, 16]  # 16: masked to 0
+
+
+def _logits(seed=0, std=3.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 17, 17, generator=g) * std
+    p = params_from_range(x.min(), x.max(), 8, symmetric=False)
+    return p, p.fake_quantize(x)
+
+
+def test_integer_softmax_is_close_to_softmax_on_a_fine_grid():
+    """x0 = floor(-ln2 / s) makes i-exp's base 2^(1 / (x0 s)): exact as s -> 0, coarse grids
+    sharpen the softmax (FQ-ViT's own numerics)."""
+    for std, tolerance in ((0.5, 2e-3), (3.0, 0.1)):
+        p, x = _logits(std=std)
+        c = isx.ExpConstants.make(p.scale.item())
+        y = isx.int_softmax(x, p.scale, p.zero_point, p.qmin, *c.constants())
+        assert (y - torch.softmax(x, -1)).abs().max() < tolerance
+
+
+class _Op(nn.Module):
+    def __init__(self, fn, *tensors, constants):
+        super().__init__()
+        self.fn, self.constants = fn, constants
+        for i, t in enumerate(tensors):
+            self.register_buffer(f"t{i}", t)
+
+    def forward(self, x, *rest):
+        return self.fn(x, *rest, *(getattr(self, f"t{i}") for i in range(len(self._buffers))),
+                       *self.constants)
+
+
+def test_onnx_parity_of_int_softmax_bit_exact():
+    p, x = _logits(1)
+    c = isx.ExpConstants.make(p.scale.item()).constants()
+    module = _Op(isx.int_softmax, p.scale, p.zero_point, constants=(p.qmin, *c))
+    assert torch.equal(onnx_output(module, x[:1], x), module(x))
+
+
+class _LIS(nn.Module):
+    def __init__(self, p, levels, c):
+        super().__init__()
+        self.constants = (p.qmin, *c)
+        for k, v in dict(s=p.scale, z=p.zero_point, codes=levels.codes, scales=levels.scales).items():
+            self.register_buffer(k, v)
+
+    def forward(self, x):
+        eye = torch.eye(x.shape[-1], dtype=x.dtype)  # A·I = A: the codes must match exactly
+        return isx.lis_attention(x, eye, self.s, self.z, self.codes, self.scales, *self.constants)
+
+
+def test_onnx_parity_of_log_int_softmax_codes_bit_exact():
+    p, x = _logits(2)
+    c = isx.ExpConstants.make(p.scale.item()).constants()
+    module = _LIS(p, isx.lis_params(4), c)
+    assert torch.equal(onnx_output(module, x[:1], x), module(x))

@@ -1,0 +1,69 @@
+"""Hugging Face BERT encoders through the same passes: tracing, roles, convert, export."""
+import pytest
+import torch
+
+from fxquant import convert, export_onnx, roles, trace
+from fxquant.lowering.runtime import OnnxModule
+from fxquant.passes.annotate_roles import annotate_roles
+from fxquant.patterns import is_layernorm, is_linear, is_softmax, trace_back
+
+transformers = pytest.importorskip("transformers")
+INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+LAYERS = 2
+
+
+def _bert(attn: str):
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=LAYERS,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=32)
+    model = transformers.BertModel(config).eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def _batch(batch: int, length: int, padded: bool = True) -> dict:
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if padded:
+        mask[0, length // 2:] = 0
+    ids = torch.randint(1, 50, (batch, length))
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_bert_traces_to_the_same_function_for_any_batch_length_and_padding(attn):
+    model = _bert(attn)
+    gm = trace(model, INPUTS, _batch(3, 8))
+    assert [n.target for n in gm.graph.find_nodes(op="placeholder")] == INPUTS
+    assert sum(is_softmax(gm, n) for n in gm.graph.nodes) == LAYERS
+    for batch in [_batch(3, 8), _batch(1, 5, padded=False), _batch(4, 11)]:
+        with torch.no_grad():
+            torch.testing.assert_close(gm(**batch)["last_hidden_state"],
+                                       model(**batch).last_hidden_state)
+
+
+def test_bert_roles_post_layernorm_feeds_q_k_v_and_the_next_layer():
+    gm = annotate_roles(trace(_bert("eager"), INPUTS, _batch(2, 6)))
+    sources = {}
+    for node in gm.graph.nodes:
+        if is_linear(gm, node):
+            sources.setdefault(trace_back(node.args[0]).source, []).append(node)
+    lns = [n for n in gm.graph.nodes if is_layernorm(gm, n)]
+    # embedding LN -> q, k, v of layer 0; each block's second (post-residual) LN -> the next q, k, v
+    assert len(sources[lns[0]]) == 3
+    assert all(len(sources[ln]) == 3 for ln in lns[2:-1:2])
+    assert all(ln.meta[roles.META_KEY] == roles.POST_LAYERNORM for ln in lns)
+    assert sum(n.meta.get(roles.META_KEY) == roles.POST_SOFTMAX for n in gm.graph.nodes) == LAYERS
+    assert sum(n.meta.get(roles.META_KEY) == roles.POST_GELU for n in gm.graph.nodes) == LAYERS
+
+
+def test_bert_converts_and_exports_with_three_inputs_and_a_dynamic_batch(tmp_path):
+    model = _bert("eager")
+    calib = [_batch(4, 8) for _ in range(2)]
+    qmodel = convert(model, calib, "minmax", "w8a8", input_names=INPUTS)
+    batch = _batch(3, 8)
+    with torch.no_grad():
+        out, ref = qmodel(**batch)["last_hidden_state"], model(**batch).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(out, ref, dim=-1).min() > 0.95
+    session = OnnxModule(export_onnx(qmodel, tmp_path / "bert.onnx", calib[0]))
+    assert session.input_names == INPUTS
+    torch.testing.assert_close(session(**batch), out, rtol=0, atol=1e-3)
