@@ -52,9 +52,13 @@ class _Dropper:
         self.p, self.generator, self.active = p, generator, False
 
     def keep(self, like: torch.Tensor) -> torch.Tensor | None:
-        if not self.active or self.p >= 1:
+        if not self.active or self.p >= 1 or not like.is_floating_point():
             return None
         return torch.rand(like.shape, generator=self.generator).to(like.device) < self.p
+
+    def mix(self, quantized: torch.Tensor, floating: torch.Tensor) -> torch.Tensor:
+        keep = self.keep(quantized)
+        return quantized if keep is None else torch.where(keep, quantized, floating)
 
 
 class _FakeQuantStep(torch.autograd.Function):
@@ -136,9 +140,7 @@ class _FixedQuantizer(nn.Module):
         self.op, self.extra_args, self.drop = op, extra_args, drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.op(x.detach(), *self.extra_args)
-        keep = self.drop.keep(x)
-        return x + ((q if keep is None else torch.where(keep, q, x)) - x).detach()
+        return x + (self.drop.mix(self.op(x.detach(), *self.extra_args), x) - x).detach()
 
 
 def _resolve(module: fx.GraphModule, arg):
@@ -247,7 +249,7 @@ def _beta(progress: float, warmup: float, start: float = 20.0, end: float = 2.0)
 
 
 def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
-           generator: torch.Generator, seconds: float | None, bar: tqdm) -> dict:
+           seconds: float | None, bar: tqdm) -> dict:
     inputs = [v.name for v in spec.inputs if v.name in q_cache]
     outputs = [v.name for v in spec.outputs]
     roundings = list(block.roundings.values())
@@ -255,7 +257,7 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
     opt_w = torch.optim.Adam([r.v for r in roundings], lr=opts["recon_weight_lr"]) if roundings else None
     opt_s = torch.optim.Adam([s.scale for s in steps], lr=opts["recon_scale_lr"]) if steps else None
     total = len(next(iter(targets.values())))
-    iters, p, warmup = opts["recon_iters"], opts["recon_drop_prob"], opts["recon_warmup"]
+    iters, warmup = opts["recon_iters"], opts["recon_warmup"]
     block.drop.active = True
     start, first, last, it = time.perf_counter(), None, None, 0
     for it in range(iters):
@@ -265,8 +267,8 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
             progress = max(progress, elapsed / seconds) if seconds > 0 else 1.0
         if progress >= 1:
             break
-        idx = torch.randint(total, (opts["recon_batch_size"],), generator=generator)
-        feed = {n: _mix(q_cache[n][idx], f_cache[n][idx], p, generator) for n in inputs}
+        idx = torch.randint(total, (opts["recon_batch_size"],), generator=block.drop.generator)
+        feed = {n: block.drop.mix(q_cache[n][idx], f_cache[n][idx]) for n in inputs}
         outs = block.module(**feed)
         rec = sum(_lp_loss(o, targets[name][idx]) for o, name in zip(outs, outputs))
         loss = rec
@@ -295,13 +297,6 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def _mix(q: torch.Tensor, f: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    if not q.is_floating_point() or p >= 1:
-        return q
-    keep = torch.rand(q.shape, generator=generator).to(q.device) < p
-    return torch.where(keep, q, f)
-
-
 def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable) -> fx.GraphModule:
     opts = _options(config)
     start = time.perf_counter()
@@ -312,8 +307,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
         raise FxQuantError("the quantized graph and its float reference split into different blocks")
     q_cache = _graph_inputs(gm, calib_loader)
     f_cache = dict(q_cache)
-    generator = torch.Generator().manual_seed(opts["recon_seed"])
-    drop = _Dropper(opts["recon_drop_prob"], generator)
+    drop = _Dropper(opts["recon_drop_prob"], torch.Generator().manual_seed(opts["recon_seed"]))
     budget = opts["recon_max_seconds"]
     stats = []
     bar = tqdm(total=len(q_blocks) * opts["recon_iters"], desc="reconstructing", leave=False)
@@ -323,8 +317,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
         if block.roundings or block.steps:
             seconds = None if budget is None else \
                 max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)
-            stats.append(_train(block, qb, q_cache, f_cache, targets, opts, generator,
-                                seconds, bar))
+            stats.append(_train(block, qb, q_cache, f_cache, targets, opts, seconds, bar))
             block.write_back()
         q_cache.update(_run_block(block_module(gm, qb), qb, q_cache))
         f_cache.update(targets)

@@ -58,7 +58,7 @@ def test_reconstruction_lowers_the_error_and_keeps_the_structure():
     assert _structure(qmodel) == structure
     after = dict(qmodel.named_buffers())
     codes = [k for k in buffers if k.endswith("_weight_codes")]
-    assert len(codes) == 8 and any(not torch.equal(buffers[k], after[k]) for k in codes)
+    assert len(codes) == 10 and any(not torch.equal(buffers[k], after[k]) for k in codes)
     for k, v in after.items():
         assert v.dtype == buffers[k].dtype
         if k.endswith("_weight_codes"):

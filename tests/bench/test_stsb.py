@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from fxquant import FxQuantError
+from fxquant.bench import stsb
+from fxquant.cli import build_parser
+
+
+def test_spearman_ranks_ties_as_their_average():
+    assert stsb.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert stsb.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    # ranks of [1, 2, 2, 3] are [0, 1.5, 1.5, 3]
+    assert stsb.spearman([1, 2, 2, 3], [0, 1, 2, 3]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1])
+
+
+def test_embedding_is_the_normalised_mean_over_non_padding_tokens():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])  # the last token is padding
+    batch = {"attention_mask": torch.tensor([[1, 1, 0]])}
+    emb = stsb.embed(lambda **_: {"last_hidden_state": hidden}, [batch])
+    torch.testing.assert_close(emb, torch.tensor([[1.0, 0.0]]))
+
+
+def test_eval_set_scores_each_distinct_sentence_once():
+    class Tokenizer:
+        def tokenize(self, s):
+            return s.split()
+
+    data = stsb.EvalSet.from_pairs(["a b", "c"], ["c", "a b"], np.array([1.0, 2.0]), Tokenizer())
+    assert data.sentences == ["c", "a b"]
+    assert list(data.first) == [1, 0] and list(data.second) == [0, 1]
+
+
+def test_missing_or_malformed_data_is_refused(tmp_path):
+    with pytest.raises(FxQuantError, match="does not exist"):
+        stsb.load_pairs(tmp_path / "nope.csv")
+    (tmp_path / "bad.csv").write_text("only,two\n")
+    with pytest.raises(FxQuantError, match="sentence1, sentence2, score"):
+        stsb.load_pairs(tmp_path / "bad.csv")
+
+
+def test_table_has_a_row_per_recipe_runtime_and_peer():
+    result = {"model": "m", "pairs": 2, "calib_sentences": 4, "attn": "eager", "fp32": 82.0,
+              "results": [{"recipe": "minmax", "bits": b, "torch": 80.0, "onnx": 79.5,
+                           "convert_seconds": 1.0} for b in ("w8a8", "w4a4")],
+              "peers": [{"name": "ort-dynamic", "bits": "w8a8", "onnx": 81.0, "convert_seconds": 2.0}]}
+    table = stsb.markdown(result)
+    assert "| fxquant | minmax | onnxruntime | 79.50 | 79.50 |" in table
+    assert "| peer | ort-dynamic | onnxruntime | 81.00 | n/a |" in table
+
+
+def test_cli_has_the_subcommand():
+    args = build_parser().parse_args(["bench", "stsb", "--bits", "w8a8", "--peers"])
+    assert args.bits == ["w8a8"] and args.peers == [] and args.run.__name__ == "_bench_stsb"
