@@ -16,7 +16,15 @@ def _quantize(args: argparse.Namespace) -> dict:
     from fxquant.lowering.runtime import OnnxModule
 
     work = workload.from_args(args)
-    qmodel = convert(work.loaded.model, work.calib, args.recipe, args.bits)
+    recipe = args.recipe
+    if args.fully_quantized:
+        from dataclasses import replace
+
+        from fxquant.config import FULLY_QUANTIZED, resolve
+        cfg = resolve(recipe)
+        recipe = replace(cfg, name=f"{cfg.name}-fully-quantized",
+                         options={**cfg.options, FULLY_QUANTIZED: True})
+    qmodel = convert(work.loaded.model, work.calib, recipe, args.bits)
     result = {"model": work.loaded.name, "recipe": qmodel.config.name,
               "bits": qmodel.config.bits_label, "calib_images": work.calib_images,
               "eval_images": work.eval_images, "fp32_top1": None, "quant_top1": None,
@@ -129,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None,
                    help="path of the integer ONNX model (default: <model>_<recipe>_<bits>.onnx)")
     q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    q.add_argument("--fully-quantized", action="store_true",
+                   help="also quantize LayerNorm/Softmax/GELU inputs, integer LayerNorm and Softmax")
     q.add_argument("--audit", action="store_true",
                    help="list the ONNX nodes onnxruntime runs in float after the input is quantized")
     q.add_argument("--json", action="store_true", help="print one JSON object as the last line")

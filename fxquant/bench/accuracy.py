@@ -29,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     workload.add_arguments(p)
     if (CIFAR10 / "train5k.npz").is_file() and (CIFAR10 / "test.npz").is_file():
         p.set_defaults(calib_data=str(CIFAR10 / "train5k.npz"), test_data=str(CIFAR10 / "test.npz"))
-    p.add_argument("--recipes", nargs="+", default=None,
-                   help="recipes to run (default: every recipe fxquant has)")
+    p.add_argument("--recipes", nargs="*", default=None,
+                   help="recipes to run (default: every recipe fxquant has; "
+                        "the flag alone for none)")
     p.add_argument("--bits", nargs="+", default=list(BITS),
                    help="bit-widths (default: %(default)s)")
     p.add_argument("--peers", nargs="*", default=None,
-                   help=f"peers to run (default: all of {sorted({q.name for q in PEERS})}; "
-                        "give the flag alone for none)")
+                   help=f"peers to run, in this order (default: all of "
+                        f"{list(dict.fromkeys(q.name for q in PEERS))}; the flag alone for none)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -49,7 +50,8 @@ def _select_peers(names: list[str] | None, bits: list[str]) -> list:
     unknown = sorted(set(names or ()) - known)
     if unknown:
         raise FxQuantError(f"unknown peer {unknown[0]!r}: available are {sorted(known)}")
-    return [p for p in PEERS if p.bits in bits and (names is None or p.name in names)]
+    order = list(dict.fromkeys(p.name for p in PEERS)) if names is None else names
+    return [p for name in order for p in PEERS if p.name == name and p.bits in bits]
 
 
 def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, example) -> dict:
@@ -83,7 +85,7 @@ def _peer_row(peer, inputs: PeerInputs, work: workload.Workload) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    recipes = args.recipes or list(config.RECIPES)
+    recipes = list(config.RECIPES) if args.recipes is None else args.recipes
     for name in recipes:
         config.resolve(name)
     for bits in args.bits:

@@ -8,6 +8,7 @@ reconstruction held fixed, and the `dopq-vit` recipe as registered. Reconstructi
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 
 from fxquant import config, roles, workload
@@ -47,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recon-iters", type=int, default=None, help="recon_iters (default: the pass's)")
     p.add_argument("--recon-max-seconds", type=float, default=None, help="recon_max_seconds")
     p.add_argument("--seed", type=int, default=0, help="recon_seed")
+    p.add_argument("--rows-to", default=None,
+                   help="append each row as a JSON line to this file as soon as it is measured")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -61,7 +64,7 @@ def _config(name: str, bits: str, args: argparse.Namespace) -> QuantConfig:
 
 
 def run(args: argparse.Namespace) -> dict:
-    configs = [(name, _config(name, bits, args)) for bits in args.bits for name in args.variants]
+    configs = [(name, _config(name, bits, args)) for name in args.variants for bits in args.bits]
     work = workload.from_args(args)
     result = {"model": work.loaded.name, "calib_images": work.calib_images,
               "eval_images": work.eval_images, "recon_iters": args.recon_iters,
@@ -70,11 +73,14 @@ def run(args: argparse.Namespace) -> dict:
     for name, cfg in configs:
         qmodel = convert(work.loaded.model, work.calib, cfg)
         recon = qmodel.meta.get("recon", {})
-        result["rows"].append({
-            "variant": name, "bits": cfg.bits_label, "top1": top1(qmodel, work.test, cfg.name),
-            "convert_seconds": round(qmodel.convert_seconds, 1),
-            "recon_seconds": recon.get("seconds"),
-            "recon_iters": [b["iters"] for b in recon.get("blocks", [])] or None})
+        row = {"variant": name, "bits": cfg.bits_label, "top1": top1(qmodel, work.test, cfg.name),
+               "convert_seconds": round(qmodel.convert_seconds, 1),
+               "recon_seconds": recon.get("seconds"),
+               "recon_iters": [b["iters"] for b in recon.get("blocks", [])] or None}
+        result["rows"].append(row)
+        if args.rows_to:
+            with open(args.rows_to, "a") as f:
+                f.write(json.dumps(row) + "\n")
     return result
 
 

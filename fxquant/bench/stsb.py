@@ -148,9 +148,11 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
         return row
     if not args.no_onnx:
         try:
-            path = export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0])
-            row["onnx"] = score(OnnxModule(path), tokenizer, data, args.batch_size, True,
+            session = OnnxModule(export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0]))
+            row["onnx"] = score(session, tokenizer, data, args.batch_size, True,
                                 f"{recipe} {bits} (onnxruntime)")
+            probe = batches(tokenizer, data.sentences[-args.batch_size:], args.batch_size, True)
+            row["parity_max_abs"] = (embed(qmodel, probe) - embed(session, probe)).abs().max().item()
         except Exception as e:
             row["onnx_error"] = accuracy._error(e)
     return row
@@ -198,16 +200,20 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(r: dict) -> str:
     """The accuracy benchmark's table (bench.accuracy), Spearman x100 in place of top-1 (%)."""
-    as_accuracy = {"results": [{**x, "torch_top1": _fraction(x["torch"]), "onnx_top1": _fraction(x["onnx"])}
-                               for x in r["results"]],
+    as_accuracy = {"results": [{**x, "torch_top1": _fraction(x["torch"]),
+                                "onnx_top1": _fraction(x["onnx"])} for x in r["results"]],
                    "peers": [{**p, "top1": _fraction(p.get("onnx"))} for p in r["peers"]],
                    **dict.fromkeys(("model", "eval_images", "test_data", "calib_images", "calib_data",
                                     "fp32_top1", "fp32_onnx_top1"))}
     table = accuracy.markdown(as_accuracy).split("\n", 1)[1]
     fp32 = f"FP32 {r['fp32']:.2f} in PyTorch" + (
         f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")
+    parity = [f"{x['recipe']} {x['bits'].upper()} {x['parity_max_abs']:.2e}"
+              for x in r["results"] if "parity_max_abs" in x]
     return (f"{r['model']} on STS-B test ({r['pairs']} pairs), {r['attn']} attention: Spearman x100 "
-            f"of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}")
+            f"of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}"
+            + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "
+               "of the longest test sentences: " + "; ".join(parity) if parity else ""))
 
 
 def _fraction(value: float | None) -> float | None:

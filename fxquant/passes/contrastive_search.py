@@ -203,11 +203,55 @@ def _options(config: QuantConfig) -> dict:
     return opts
 
 
+class _Clock:
+    """The time budget: a step is skipped when what it cost last time would overrun the budget."""
+
+    def __init__(self, seconds: float | None):
+        self.began, self.seconds, self.cost, self.spent = time.perf_counter(), seconds, {}, False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
+    def allows(self, step: str) -> bool:
+        if self.seconds is not None and self.elapsed() + self.cost.get(step, 0.0) > self.seconds:
+            self.spent = True
+        return not self.spent
+
+    def timed(self, step: str, fn, *args):
+        tick = time.perf_counter()
+        out = fn(*args)
+        self.cost[step] = time.perf_counter() - tick
+        return out
+
+
+def _evolve(gm, scales: list[_Scale], current: float, score, opts: dict,
+            generator: torch.Generator, clock: _Clock, report) -> float:
+    """One visit of a block: the tournament over its scales; leaves the best in gm, returns its loss."""
+    x0 = _read(gm, scales)
+    eps = torch.cat([torch.full((gm.get_buffer(s.name).numel(),), s.noise) for s in scales])
+    population = [(current, x0)] * opts["cptv_population"]
+    for _ in range(opts["cptv_cycles"]):
+        if not clock.allows("child"):
+            break
+        picks = torch.randint(len(population), (opts["cptv_tournament"],), generator=generator)
+        parent = min((population[j] for j in picks.tolist()), key=lambda m: m[0])[1]
+        noise = (torch.rand(len(parent), generator=generator) * 2 - 1) * eps
+        child = (parent * (1 + noise.to(parent.device))).clamp_min(MIN_SCALE)
+        _write(gm, scales, child)
+        child_loss = clock.timed("child", score)
+        population.append((child_loss, child))
+        population.pop(max(range(len(population)), key=lambda j: population[j][0]))
+        report(child_loss, min(m[0] for m in population))
+    best, genome = min(population, key=lambda m: m[0])
+    _write(gm, scales, genome)
+    return best
+
+
 @torch.no_grad()
 def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
                        calib_loader: Iterable) -> fx.GraphModule:
     opts = _options(config)
-    began = time.perf_counter()
+    clock = _Clock(opts["cptv_max_seconds"])
     blocks = split_blocks(gm)
     adds = set(patterns.residual_adds(gm))
     searched = [(i, s) for i, b in enumerate(blocks) if (s := _block_scales(gm, b, adds, config, opts))]
@@ -230,65 +274,51 @@ def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
     def loss(out: torch.Tensor, rows: slice) -> float:
         return contrastive_loss(out, target[rows], opts["cptv_temperature"], opts["cptv_batch_size"])
 
-    def judge(search_loss: float, start: int, cache: dict) -> float:
+    def search_loss(start: int) -> float:
+        return loss(suffix.run(start, cache, search_rows)[0], search_rows)
+
+    def judge(searched_loss: float, start: int) -> float:
         """What picks the returned state: the held-out loss, or the search loss without a holdout."""
-        return loss(suffix.run(start, cache, hold_rows)[0], hold_rows) if n_search < n else search_loss
+        return loss(suffix.run(start, cache, hold_rows)[0], hold_rows) if n_search < n else searched_loss
 
     keep = set().union(*(suffix.needed[i] for i, _ in searched))
-    out, cache = suffix.run(0, inputs, all_rows, keep)
+    out, cache = clock.timed("refresh", suffix.run, 0, inputs, all_rows, keep)
     current = loss(out[search_rows], search_rows)
-    first = judge(current, 0, cache)
+    first = judge(current, 0)
     best = {"judge": first, "loss": current, "genomes": [_read(gm, s) for _, s in searched]}
     record = {"searched": {i: [s.name for s in scales] for i, scales in searched},
               "images": {"search": n_search, "holdout": n - n_search},
-              "start_loss": current, "start_judge": first, "history": [], "visits": [],
-              "stopped_by_budget": False}
-    budget, last_eval = opts["cptv_max_seconds"], 0.0
+              "start_loss": current, "start_judge": first, "history": [], "visits": []}
     bar = tqdm(total=opts["cptv_passes"] * len(searched) * opts["cptv_cycles"], desc="cpt-v search",
                leave=False)
+
+    def report(child_loss: float, best_loss: float) -> None:
+        record["history"].append({"loss": child_loss, "best": best_loss,
+                                  "seconds": round(clock.elapsed(), 2)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{best_loss:.4f}", held_out=f"{best['judge']:.4f}")
+
     for p in range(opts["cptv_passes"]):
-        if p:
-            cache = suffix.run(0, inputs, all_rows, keep)[1]
+        if clock.spent:
+            break
+        if p and clock.allows("refresh"):
+            cache = clock.timed("refresh", suffix.run, 0, inputs, all_rows, keep)[1]
         for i, scales in reversed(searched):
-            x0 = _read(gm, scales)
-            eps = torch.cat([torch.full((gm.get_buffer(s.name).numel(),), s.noise) for s in scales])
-            population = [(current, x0)] * opts["cptv_population"]
-            for _ in range(opts["cptv_cycles"]):
-                if budget is not None and time.perf_counter() - began + last_eval > budget:
-                    record["stopped_by_budget"] = True
-                    break
-                picks = torch.randint(len(population), (opts["cptv_tournament"],), generator=generator)
-                parent = min((population[j] for j in picks.tolist()), key=lambda m: m[0])[1]
-                noise = (torch.rand(len(parent), generator=generator) * 2 - 1) * eps
-                child = (parent * (1 + noise.to(parent.device))).clamp_min(MIN_SCALE)
-                tick = time.perf_counter()
-                _write(gm, scales, child)
-                child_loss = loss(suffix.run(i, cache, search_rows)[0], search_rows)
-                last_eval = time.perf_counter() - tick
-                population.append((child_loss, child))
-                population.pop(max(range(len(population)), key=lambda j: population[j][0]))
-                record["history"].append({"pass": p, "block": i, "loss": child_loss,
-                                          "seconds": round(time.perf_counter() - began, 2)})
-                bar.update(1)
-                bar.set_postfix(loss=f"{min(m[0] for m in population):.4f}",
-                                held_out=f"{best['judge']:.4f}")
-            current, genome = min(population, key=lambda m: m[0])
-            _write(gm, scales, genome)
-            if record["stopped_by_budget"] and n_search < n:
-                break  # no time left to judge this visit: it is dropped below
-            judged = judge(current, i, cache)
+            if clock.spent:
+                break
+            current = _evolve(gm, scales, current, lambda: search_loss(i), opts, generator, clock,
+                              report)
+            if n_search < n and not clock.allows("judge"):
+                break  # no time left to judge this visit: the restore below drops it
+            judged = clock.timed("judge", judge, current, i)
             record["visits"].append({"pass": p, "block": i, "loss": current, "judge": judged,
                                      "evaluations": len(record["history"])})
             if judged < best["judge"]:
                 best = {"judge": judged, "loss": current, "genomes": [_read(gm, s) for _, s in searched]}
-            if record["stopped_by_budget"]:
-                break
-        if record["stopped_by_budget"]:
-            break
     bar.close()
     for (_, scales), genome in zip(searched, best["genomes"]):
         _write(gm, scales, genome)
-    record.update(final_loss=best["loss"], final_judge=best["judge"],
-                  seconds=round(time.perf_counter() - began, 2))
+    record.update(final_loss=best["loss"], final_judge=best["judge"], stopped_by_budget=clock.spent,
+                  seconds=round(clock.elapsed(), 2))
     gm.meta["cpt-v"] = record
     return gm

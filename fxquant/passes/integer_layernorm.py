@@ -2,10 +2,11 @@
 
 A LayerNorm over the last axis qualifies when its input comes from an unsigned PTF quantizer (or a
 uniform one per tensor: all shifts 0) and its only reader is a uniform quantizer per tensor or per
-last-axis channel (per tensor, layout ops may sit between: the quantizer moves before them).
-The LayerNorm and that quantizer become `fxquant::int_layer_norm`
-(quantizers/int_layernorm.py), which reads γ, β and both quantizers' buffers; the input quantizer
-stays (the residual stream reads it too). Other LayerNorms stay float (the ONNX audit lists them).
+last-axis channel. The LayerNorm becomes `fxquant::int_layer_norm` (quantizers/int_layernorm.py),
+which reads γ, β and both quantizers' buffers and outputs on the output quantizer's grid. That
+quantizer goes, unless layout ops sit between (per tensor only): then it stays, an exact
+re-quantization that keeps Q -> DQ next to the consumer for onnxruntime's integer kernels. The
+input quantizer stays (the residual stream reads it too). Other LayerNorms stay float.
 """
 from __future__ import annotations
 
@@ -93,8 +94,9 @@ def integer_layernorm(gm: fx.GraphModule, config: QuantConfig | None = None,
             new = graph.call_function(torch.ops.fxquant.int_layer_norm.default, (
                 ln.args[0], scale, zero_point, shift, weight, bias, graph.get_attr(out_scale.target),
                 graph.get_attr(out_zero_point.target), qmin, qmax))
-        out_q.replace_all_uses_with(out_q.args[0])  # the values are on its grid already
-        graph.erase_node(out_q)
+        if out_q.args[0] is ln:
+            out_q.replace_all_uses_with(ln)
+            graph.erase_node(out_q)
         ln.replace_all_uses_with(new)
         graph.erase_node(ln)
     graph.lint()

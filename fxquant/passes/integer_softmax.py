@@ -42,7 +42,8 @@ def _av_products(gm: fx.GraphModule, attention: fx.Node) -> list[fx.Node] | None
 
 def integer_softmax(gm: fx.GraphModule, config: QuantConfig, calib_loader=None) -> fx.GraphModule:
     graph = gm.graph
-    lis = config.roles.get(roles.POST_SOFTMAX) is not None and config.roles[roles.POST_SOFTMAX].quantizer == "lis"
+    post_spec = config.roles.get(roles.POST_SOFTMAX)
+    lis = post_spec is not None and post_spec.quantizer == "lis"
     for softmax in [n for n in graph.nodes if patterns.is_softmax(gm, n)]:
         logits = _logit_quantizer(gm, softmax.args[0])
         users = list(softmax.users)

@@ -44,7 +44,8 @@ class ExpConstants:
         a, b, c = COEFFS
         if not scale > 0 or not math.isfinite(scale):
             raise FxQuantError(f"integer softmax needs a positive logit scale, got {scale}")
-        x0, b_int, c_int = math.floor(-math.log(2) / scale), math.floor(b / a / scale), math.floor(c / a / scale ** 2)
+        x0, b_int = math.floor(-math.log(2) / scale), math.floor(b / a / scale)
+        c_int = math.floor(c / a / scale ** 2)
         if min(r * (r + b_int) + c_int for r in range(x0 + 1, 1)) < 1:
             raise FxQuantError(f"logit scale {scale} is too coarse for the integer softmax (exp would be 0)")
         # z ≤ c_int, so Σ_row e < MAX_ROW · c_int · 2^n must stay below 2^62 (2Σ + e below 2^63).

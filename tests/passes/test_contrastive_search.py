@@ -1,3 +1,4 @@
+import copy
 from dataclasses import replace
 
 import pytest
@@ -5,7 +6,8 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, config
+from fxquant import FxQuantError, config, passes
+from fxquant.lowering.parity import onnx_output
 from fxquant.passes.contrastive_search import contrastive_loss, contrastive_search
 from fxquant.passes.float_reference import float_reference
 from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
@@ -110,10 +112,12 @@ def test_the_held_out_calibration_images_pick_the_result():
     assert record["visits"][-1]["loss"] < record["start_loss"]     # the search loss did go down
 
 
-def test_all_scales_keep_zero_points_and_dtypes():
+def test_all_scales_keep_zero_points_and_dtypes_and_export_the_searched_values():
     calib, cfg, qmodel = _setup(spoil=1.5, cptv_scales="all", cptv_passes=1, cptv_noise=0.2,
                                 cptv_holdout=0)
-    before = _buffers(qmodel)
+    before, x = _buffers(qmodel), torch.cat(calib)
+    with torch.no_grad():
+        out_before = qmodel(x)
     contrastive_search(qmodel, cfg, calib)
     after = dict(qmodel.named_buffers())
     assert any(not torch.equal(before[k], after[k]) for k in before
@@ -124,14 +128,19 @@ def test_all_scales_keep_zero_points_and_dtypes():
             assert torch.equal(v, before[k])
         if k.endswith("_scale"):
             assert (v > 0).all()
+    with torch.no_grad():
+        out_after = qmodel(x)
+    onnx = onnx_output(qmodel, x[:1], x)         # the export carries the searched scales and codes
+    assert (onnx - out_after).abs().mean() < 0.2 * (out_after - out_before).abs().mean()
 
 
-def test_seeded_deterministic_and_chained_on_a_recipe():
-    calib, cfg, _ = _setup()
-    model = _ToyViT()
-    chained = replace(config.resolve("minmax+cpt-v", "w3a4"), options={**_FAST, "cptv_passes": 1})
-    a, b = (fxquant.convert(model, calib, chained) for _ in range(2))
-    c = fxquant.convert(model, calib, replace(chained, options={**chained.options, "cptv_seed": 1}))
+def test_registered_as_a_refinement_and_deterministic_with_a_seed():
+    assert config.resolve("minmax+cpt-v").refine == ("cpt-v",)
+    assert passes.load("cpt-v", passes.REFINEMENTS) is contrastive_search
+    calib, cfg, qmodel = _setup(spoil=1.5, cptv_passes=1, cptv_holdout=0, cptv_noise=0.1)
+    seeded = lambda seed: contrastive_search(  # noqa: E731
+        copy.deepcopy(qmodel), replace(cfg, options={**cfg.options, "cptv_seed": seed}), calib)
+    a, b, c = seeded(0), seeded(0), seeded(1)
     x = torch.randn(3, 3, 8, 8)
     assert torch.equal(a(x), b(x)) and not torch.equal(a(x), c(x))
     assert [h["loss"] for h in a.meta["cpt-v"]["history"]] == \

@@ -49,3 +49,17 @@ def test_a_layernorm_read_in_float_stays_float():
     qmodel, _ = _convert(_Stream(side=True).eval())
     ops = _ops(qmodel)
     assert ops[INT_LN] == 1 and "ln1" in ops
+
+
+def test_any_recipe_fully_quantized_gets_integer_layernorm_from_a_per_tensor_input():
+    from dataclasses import replace
+
+    from fxquant.config import FULLY_QUANTIZED, RECIPES
+    model = _Stream().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(8, 5, 4, generator=g) * 3 for _ in range(2)]
+    qmodel = fxquant.convert(model, calib, replace(RECIPES["minmax"], options={FULLY_QUANTIZED: True}))
+    ops = _ops(qmodel)
+    assert ops[INT_LN] == 2 and ops[torch.ops.fxquant.ptf_quant.default] == 0
+    x = torch.randn(4, 5, 4, generator=g) * 3
+    assert (qmodel(x) - model(x)).norm() / model(x).norm() < 0.05

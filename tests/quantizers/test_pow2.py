@@ -17,8 +17,8 @@ def test_each_channel_gets_the_factor_with_least_error():
     g = torch.Generator().manual_seed(0)
     samples = torch.randn(2000, 8, generator=g) * torch.tensor([0.05, 0.2, 0.5, 1, 2, 4, 8, 16])
     p = pow2.fit(samples, samples.min(), samples.max(), 8)
-    err = lambda a: (pow2.fake_quantize(samples, p.scale * 2 ** a, p.zero_point, 0, 255) - samples).pow(2).sum(0)
-    errors = torch.stack([err(a) for a in range(pow2.K + 1)])
+    errors = torch.stack([(pow2.fake_quantize(samples, p.scale * 2 ** a, p.zero_point, 0, 255)
+                           - samples).pow(2).sum(0) for a in range(pow2.K + 1)])
     assert torch.equal(errors.argmin(0).int(), p.shift)
     assert p.shift[-1] == pow2.K and p.shift[0] < pow2.K          # widest channel: layer grid
 
