@@ -72,7 +72,8 @@ RECIPES: dict[str, QuantConfig] = {
 }
 
 # RepQ-ViT (methods/repq-vit.md): percentile-MSE everywhere, per-channel post-LayerNorm grids
-# folded into LN + Linear, log√2 attention; `-sym` keeps weight zero points at 0.
+# folded into LN + Linear, log√2 attention (uniform where its MSE is lower: 6-8 bits);
+# `-sym` keeps weight zero points at 0.
 _MSE = RoleSpec(observer="mse")
 _REPQ_ROLES = {
     roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, bits="w"),
@@ -81,7 +82,7 @@ _REPQ_ROLES = {
     roles.POST_GELU: _MSE,
     roles.LINEAR_INPUT: _MSE,
     roles.MATMUL_INPUT: _MSE,
-    roles.POST_SOFTMAX: RoleSpec(quantizer="logsqrt2", observer="mse", bits="attn"),
+    roles.POST_SOFTMAX: RoleSpec(quantizer="logsqrt2_or_uniform", observer="mse", bits="attn"),
 }
 RECIPES["repq-vit"] = QuantConfig(name="repq-vit", roles=_REPQ_ROLES,
                                   passes=("reparameterize_layernorm",))

@@ -2,8 +2,8 @@
 
 Each recipe x bit-width is converted once and measured; each seed then searches a copy of it,
 under a time budget, on the calibration images alone: the test images are read only after the
-search, to fill the table. Writes <out-dir>/cpt_v.json and <out-dir>/cpt_v_loss.png (the model's
-search loss and held-out calibration loss against the number of candidates scored).
+search, to fill the table. Writes <out-dir>/cpt_v.{json,md} and <out-dir>/cpt_v_loss.png (the
+model's search loss and held-out calibration loss against the number of candidates scored).
 """
 from __future__ import annotations
 
@@ -86,7 +86,12 @@ def run(args: argparse.Namespace) -> dict:
               "test_data": Path(args.test_data).name, "scales": args.scales, "passes": args.passes,
               "max_seconds": args.max_seconds,
               "results": [_run_row(work, r, b, args) for r in recipes for b in args.bits]}
+    result["command"] = (f"fxquant bench cpt-v --recipes {' '.join(recipes)} --bits {' '.join(args.bits)} "
+                         f"--seeds {' '.join(map(str, args.seeds))} --max-seconds {args.max_seconds:g} "
+                         f"--scales {args.scales} --passes {args.passes} --calib {args.calib} "
+                         f"--eval {work.eval_images}")
     (out_dir / "cpt_v.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "cpt_v.md").write_text(f"{markdown(result)}\n\nCommand: `{result['command']}`\n")
     result["plot"] = str(plot(result, out_dir / "cpt_v_loss.png"))
     return result
 

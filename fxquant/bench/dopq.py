@@ -64,7 +64,7 @@ def _config(name: str, bits: str, args: argparse.Namespace) -> QuantConfig:
 
 
 def run(args: argparse.Namespace) -> dict:
-    configs = [(name, _config(name, bits, args)) for name in args.variants for bits in args.bits]
+    configs = [(name, _config(name, bits, args)) for bits in args.bits for name in args.variants]
     work = workload.from_args(args)
     result = {"model": work.loaded.name, "calib_images": work.calib_images,
               "eval_images": work.eval_images, "recon_iters": args.recon_iters,

@@ -1,23 +1,30 @@
 """CPT-V (Evol-Q): block-wise evolutionary search of the quantization scales on a contrastive loss.
 
-The quantized graph is cut at its residual adds (`blocks.split_blocks`) and the blocks holding
-scales to search are visited last first, `cptv_passes` times. A visit starts a population of
-`cptv_population` copies of the block's scales; each of `cptv_cycles` cycles draws
-`cptv_tournament` members (with replacement), perturbs the fittest, s -> s·(1 + U(-ε, ε)), scores
-the child and drops the worst member; the block keeps the best. The score is InfoNCE between the
-quantized model's outputs and the float reference's (`contrastive_loss`) on the search part of
-the calibration images, run from the block on: its inputs are cached once a pass (a block cannot
-change what runs before it, and blocks are visited last first). After each visit the loss on the
-held-out part of the calibration images decides which state the pass returns: no test data.
+The quantized graph is cut at its residual adds (`blocks.split_blocks`: the attention and the MLP
+branch of a transformer block are two blocks) and the blocks holding scales to search are visited
+last first, `cptv_passes` times. A visit starts a population of `cptv_population` copies of the
+block's scales; each of `cptv_cycles` cycles draws `cptv_tournament` members (with replacement),
+perturbs the fittest, s -> s·(1 + U(-ε, ε)) per element, scores the child and drops the worst
+member; the block keeps the best. The score is InfoNCE between the quantized model's outputs and
+the float reference's (`contrastive_loss`, τ = `cptv_temperature`, negatives from batches of
+`cptv_batch_size`) on the search part of the calibration images, run from the block on: its
+inputs are cached once a pass (a block cannot change what runs before it, and blocks are visited
+last first). After each visit the loss on the held-out part of the calibration images
+(`cptv_holdout`) decides which state the pass returns: no test data. `cptv_max_seconds` bounds
+the whole pass; the best state judged so far is returned.
 
-Which scales (`cptv_scales`): "attention" (as the official code: the weight scales of the Linears
-on residual branches holding a Softmax), "weights" (every uniform weight scale) or "all" (those
-and every uniform activation scale). Zero points and integer ranges stay; a weight's integer codes
-are re-rounded from its float weight (`quantize.FLOAT_WEIGHT_KEY`) under each new scale, so the
-stored codes always match the scales. Other quantizer kinds (log2, TanQ, ...) are left alone.
+Which scales (`cptv_scales`): "attention" (the official code: the weight scales of the Linears on
+residual branches holding a Softmax), "weights" (every uniform weight scale) or "all" (those and
+every uniform activation scale). Zero points and integer ranges stay; a weight's integer codes are
+re-rounded from its float weight (`quantize.FLOAT_WEIGHT_KEY`) under each new scale, so the stored
+codes always match the scales. A scale another op also reads (an integer Softmax's constants were
+derived from it) and other quantizer kinds (PTF, log2, TanQ, ...) are left alone.
 
-Deviation from the official code: relative noise (ε = 0.03 at <= 4 bits, 0.05 above, or
-`cptv_noise`) instead of an absolute ±1e-3, which ignores a scale's magnitude.
+Deviations from the official code: relative noise instead of an absolute ±1e-3 that ignores a
+scale's magnitude (weights: ε = 0.03 at <= 4 bits, 0.05 above, or `cptv_noise`; activations:
+`cptv_act_noise`); the held-out calibration loss, not ImageNet validation accuracy, picks the
+returned state; the default searches activation scales too ("all"), which moved the loss most on
+the reference ViT (benchmarks/cpt_v.md).
 """
 from __future__ import annotations
 
@@ -41,12 +48,12 @@ from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, fit_weight
 from fxquant.passes.reconstruct import _graph_inputs
 from fxquant.quantizers.uniform import MIN_SCALE, quantize_codes
 
-OPTIONS = {"cptv_scales": "attention", "cptv_passes": 10, "cptv_cycles": 3,
-           "cptv_population": 15, "cptv_tournament": 10, "cptv_noise": None,
-           "cptv_temperature": 3.0, "cptv_batch_size": 100, "cptv_holdout": 0.2,
-           "cptv_seed": 0, "cptv_max_seconds": None}
+OPTIONS = {"cptv_scales": "all", "cptv_passes": 10, "cptv_cycles": 3, "cptv_population": 15,
+           "cptv_tournament": 10, "cptv_noise": None, "cptv_act_noise": 0.1,
+           "cptv_temperature": 3.0, "cptv_batch_size": 100, "cptv_holdout": 0.2, "cptv_seed": 0,
+           "cptv_max_seconds": 900}
 SCALE_SETS = ("attention", "weights", "all")
-_CHUNK = 250  # images per forward
+_CHUNK = 500  # images per forward
 
 
 def contrastive_loss(q: torch.Tensor, f: torch.Tensor, temperature: float = 3.0,
@@ -75,16 +82,24 @@ class _Scale:
     axis: int = 0
 
 
-def _noise(qmin: int, qmax: int, opts: dict) -> float:
+def _weight_noise(qmin: int, qmax: int, opts: dict) -> float:
     if opts["cptv_noise"] is not None:
         return float(opts["cptv_noise"])
     return 0.03 if math.log2(qmax - qmin + 1) <= 4 else 0.05
 
 
+def _read_only_by(gm: fx.GraphModule, target: str, op) -> bool:
+    """True when every reader of buffer `target` is an `op` node: no other op (an integer Softmax's
+    constants, say) was derived from the buffer, so changing it keeps the graph consistent."""
+    return all(user.target is op for n in gm.graph.nodes
+               if n.op == "get_attr" and n.target == target for user in n.users)
+
+
 def _weight_scale(gm: fx.GraphModule, node: fx.Node, config: QuantConfig, opts: dict):
-    dq = node.args[1]
-    if not (isinstance(dq, fx.Node) and dq.target is torch.ops.fxquant.dequantize.default):
-        return None  # not a uniform integer weight
+    dq, op = node.args[1], torch.ops.fxquant.dequantize.default
+    if not (isinstance(dq, fx.Node) and dq.target is op
+            and all(_read_only_by(gm, a.target, op) for a in dq.args[:3])):
+        return None  # not a uniform integer weight of its own
     if FLOAT_WEIGHT_KEY not in node.meta:
         raise FxQuantError(f"{node.name} carries no float weight: cpt-v needs a model quantized "
                            "by this version of fxquant")
@@ -96,15 +111,15 @@ def _weight_scale(gm: fx.GraphModule, node: fx.Node, config: QuantConfig, opts: 
         warnings.warn(f"cpt-v leaves {node.name} alone: its codes are not the nearest rounding of "
                       "its float weight (an earlier refinement chose them)")
         return None
-    return _Scale(scale, _noise(params.qmin, params.qmax, opts), codes, weight, zp,
+    return _Scale(scale, _weight_noise(params.qmin, params.qmax, opts), codes, weight, zp,
                   params.qmin, params.qmax, dq.args[3])
 
 
-def _activation_scale(node: fx.Node, opts: dict):
-    if node.target is not torch.ops.fxquant.fake_quant.default:
+def _activation_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
+    op = torch.ops.fxquant.fake_quant.default
+    if node.target is not op or not _read_only_by(gm, node.args[1].target, op):
         return None
-    _, scale, _, qmin, qmax, _ = node.args
-    return _Scale(scale.target, _noise(qmin, qmax, opts))
+    return _Scale(node.args[1].target, float(opts["cptv_act_noise"]))
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
@@ -136,7 +151,7 @@ def _block_scales(gm, block: Block, adds, config: QuantConfig, opts: dict) -> li
         if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
             scale = _weight_scale(gm, node, config, opts)
         elif which == "all" and node.op == "call_function":
-            scale = _activation_scale(node, opts)
+            scale = _activation_scale(gm, node, opts)
         else:
             continue
         if scale is not None:

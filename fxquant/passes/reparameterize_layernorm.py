@@ -7,6 +7,12 @@ The float function is unchanged and the per-tensor grid (s~, z~) on the new LN o
 channel-wise grid in the old units (z~ is an integer); it is left on the observers as `fitted`.
 Zero padding on a path becomes pad(x - t) + t, so padded positions still mean 0 in old units.
 The target (`config.options["fold_target"]`, default "mean") names an entry of FOLD_TARGETS.
+
+When the LN output is also read unquantized by something else (post-LN BERT: the residual add),
+gamma and beta must stay. The same factors then go on the quantized branch only, as a constant
+per-channel affine x * (1/r) + t in front of its per-tensor quantizer (SmoothQuant's explicit
+form; the Linears still take W' and b'): the residual reads x unchanged, the quantizer's codes are
+the channel-wise grid's, and the ONNX holds a float Mul and Add before QuantizeLinear.
 """
 from __future__ import annotations
 
@@ -41,26 +47,27 @@ def _reads_only_metadata(node: fx.Node) -> bool:
 
 
 def _reach(gm: fx.GraphModule, ln: fx.Node) -> tuple[list[fx.Node], ...]:
-    """(observers, Linears, pads, other readers) the LN output reaches through layout ops."""
-    observers, linears, pads, others, seen = [], [], [], [], set()
-    stack = list(ln.users)
+    """(observers, Linears, pads, float readers, quantized readers) the LN output reaches through
+    layout ops; float readers read it unquantized, quantized readers after an observer."""
+    observers, linears, pads, float_readers, quantized_readers, seen = [], [], [], [], [], set()
+    stack = [(user, False) for user in ln.users]
     while stack:
-        node = stack.pop()
+        node, quantized = stack.pop()
         if node in seen:
             continue
         seen.add(node)
         if OBSERVED_KEY in node.meta:
             observers.append(node)
-            stack.extend(node.users)
+            stack.extend((user, True) for user in node.users)
         elif patterns.is_linear(gm, node):
             linears.append(node)
         elif patterns.is_layout(node):
             if node.target is F.pad:
                 pads.append(node)
-            stack.extend(node.users)
+            stack.extend((user, quantized) for user in node.users)
         elif not _reads_only_metadata(node):
-            others.append(node)
-    return observers, linears, pads, others
+            (quantized_readers if quantized else float_readers).append(node)
+    return observers, linears, pads, float_readers, quantized_readers
 
 
 def _own_copy(gm: fx.GraphModule, node: fx.Node, what: str) -> nn.Module:
@@ -112,7 +119,7 @@ def _check_channels_last(gm: fx.GraphModule, folds: dict, calib_loader: Iterable
     finally:
         for target, module in originals.items():
             gm.set_submodule(target, module)
-    for ln, (observers, _, _) in folds.items():
+    for ln, (observers, *_) in folds.items():
         channels = patterns.module_of(gm, ln).normalized_shape[0]
         index = torch.arange(1, channels + 1, dtype=torch.float32)
         for obs in observers:
@@ -146,13 +153,8 @@ def fold_factors(params: UniformParams, target: str = "mean") -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def _fold(ln: nn.LayerNorm, linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor) -> None:
-    if ln.weight is None:
-        ln.weight = nn.Parameter(torch.ones_like(r))
-    if ln.bias is None:
-        ln.bias = nn.Parameter(torch.zeros_like(r))
-    ln.weight.div_(r)
-    ln.bias.div_(r).add_(t)
+def _fold_linears(linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor) -> None:
+    """W' = W diag(r), b' = b - W' t: the Linears take x / r + t in place of x."""
     for linear in linears:
         linear.weight.mul_(r)
         shift = linear.weight @ t
@@ -160,6 +162,32 @@ def _fold(ln: nn.LayerNorm, linears: list[nn.Linear], r: torch.Tensor, t: torch.
             linear.bias = nn.Parameter(-shift)
         else:
             linear.bias.sub_(shift)
+
+
+@torch.no_grad()
+def _fold(ln: nn.LayerNorm, linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor) -> None:
+    if ln.weight is None:
+        ln.weight = nn.Parameter(torch.ones_like(r))
+    if ln.bias is None:
+        ln.bias = nn.Parameter(torch.zeros_like(r))
+    ln.weight.div_(r)
+    ln.bias.div_(r).add_(t)
+    _fold_linears(linears, r, t)
+
+
+def _scale_quantized_branch(gm: fx.GraphModule, ln: fx.Node, observers: list[fx.Node],
+                            r: torch.Tensor, t: torch.Tensor) -> None:
+    """observer(x) -> observer(x * (1/r) + t) for each observer on the LN's paths to its Linears."""
+    gm.register_buffer(f"{ln.name}_smooth_scale", 1 / r)
+    gm.register_buffer(f"{ln.name}_smooth_shift", t)
+    graph = gm.graph
+    for obs in observers:
+        value = obs.args[0]
+        with graph.inserting_before(obs):
+            scaled = graph.call_function(operator.mul, (value, graph.get_attr(f"{ln.name}_smooth_scale")))
+            shifted = graph.call_function(operator.add, (scaled, graph.get_attr(f"{ln.name}_smooth_shift")))
+        obs.replace_input_with(value, shifted)
+        obs.meta[OBSERVED_KEY] = shifted
 
 
 def _shift_padding(gm: fx.GraphModule, pad: fx.Node, name: str, t: torch.Tensor) -> None:
@@ -182,27 +210,32 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
     target = config.options.get("fold_target", "mean")
     folds = {}
     for ln in [n for n in gm.graph.nodes if patterns.is_layernorm(gm, n)]:
-        observers, linears, pads, others = _reach(gm, ln)
+        observers, linears, pads, float_readers, quantized_readers = _reach(gm, ln)
         if not observers or not linears:
             continue
-        if others:
-            raise FxQuantError(f"LayerNorm {ln.name} also feeds {others[0].name} ({others[0].target}), "
-                               "which is not a Linear: its per-channel scales cannot be folded "
-                               "exactly; quantize post_layernorm per tensor for this model")
+        if quantized_readers:
+            other = quantized_readers[0]
+            raise FxQuantError(f"LayerNorm {ln.name} feeds {other.name} ({other.target}) through its "
+                               "quantizer, which is not a Linear: its per-channel scales cannot be "
+                               "folded exactly; quantize post_layernorm per tensor for this model")
         module = patterns.module_of(gm, ln)
         if module is None or len(module.normalized_shape) != 1:
             raise FxQuantError(f"LayerNorm {ln.name} must be an nn.LayerNorm over the last axis "
                                "for the RepQ-ViT fold")
-        folds[ln] = (observers, linears, pads)
+        folds[ln] = (observers, linears, pads, bool(float_readers))
     if folds:
         _check_channels_last(gm, folds, calib_loader)
-    for ln, (observers, linears, pads) in folds.items():
+    for ln, (observers, linears, pads, explicit) in folds.items():
         r, t, per_tensor = fold_factors(_channel_params(gm, observers, config), target)
         modules = [_own_copy(gm, lin, "Linear") for lin in linears]
         r, t = (v.to(modules[0].weight) for v in (r, t))
-        _fold(_own_copy(gm, ln, "LayerNorm"), modules, r, t)
-        for i, pad in enumerate(pads):
-            _shift_padding(gm, pad, f"{ln.name}_fold_shift_{i}", t)
+        if explicit:
+            _fold_linears(modules, r, t)
+            _scale_quantized_branch(gm, ln, observers, r, t)
+        else:
+            _fold(_own_copy(gm, ln, "LayerNorm"), modules, r, t)
+            for i, pad in enumerate(pads):
+                _shift_padding(gm, pad, f"{ln.name}_fold_shift_{i}", t)
         for obs in observers:
             setattr(gm.get_submodule(obs.target), FITTED_ATTR, per_tensor)
     gm.graph.lint()

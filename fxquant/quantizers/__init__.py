@@ -22,6 +22,19 @@ ACTIVATION_FITTERS: dict[str, Callable] = {"uniform": _fit_uniform, "tan": tan.f
                                            "o2sf": two_scale.fit_outlier_observer,
                                            "ptf": pow2.fit_observer, "lis": int_softmax.fit_lis}
 
+
+def _least_mse(*names: str) -> Callable:
+    """A fitter keeping whichever of the named quantizers has the least MSE on the samples."""
+    def fit(observer, spec, bits: int):
+        samples = observer.samples()
+        fits = [ACTIVATION_FITTERS[name](observer, spec, bits) for name in names]
+        return min(fits, key=lambda p: (p.fake_quantize(samples) - samples).pow(2).mean().item())
+    return fit
+
+
+# log√2 wins on ViT attention at <= 4 bits, uniform at 6-8 bits (benchmarks/repq-vit.md).
+ACTIVATION_FITTERS["logsqrt2_or_uniform"] = _least_mse("logsqrt2", "uniform")
+
 ONNX_TRANSLATIONS = {**uniform.ONNX_TRANSLATIONS, **tan.ONNX_TRANSLATIONS,
                      **log2.ONNX_TRANSLATIONS, **two_scale.ONNX_TRANSLATIONS,
                      **pow2.ONNX_TRANSLATIONS, **int_layernorm.ONNX_TRANSLATIONS,

@@ -9,8 +9,10 @@ The numerics are written so that ONNX reproduces them bit for bit:
   are dropped (their codes join the masked region), so the table only holds normal numbers;
 - each level is an exact power-of-two code times a float32 branch scale: levels of one base
   (Δ, or Δ·√2 for odd q of log√2) and 8 consecutive exponents share a uint8 branch, code
-  2^(7 − e + e0) in {1, …, 128}, scale base·2^−(e0 + 7). For log√2 with b ≤ 4 (and log2 with b ≤ 4)
-  that is the spec's two-branch uint8 re-encoding: x̂ = DQ(E, Δ/128) + DQ(O, Δ√2/256).
+  2^(7 − e + e0) in {1, …, 128}, scale base·2^−(e0 + 7). With b ≤ 4 there are at most two
+  branches, lowered as uint8 DequantizeLinear pairs (for log√2 the spec's re-encoding
+  x̂ = DQ(E, Δ/128) + DQ(O, Δ√2/256)); with more, ONNX gathers the float32 levels (exact too, but
+  A·V then has no integer kernel).
 """
 from __future__ import annotations
 

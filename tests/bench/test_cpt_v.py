@@ -49,3 +49,4 @@ def test_bench_searches_without_the_test_images(tmp_path, capsys, monkeypatch):
     assert run["after_top1"] == row["before_top1"] and row["gain_pp_mean"] == run["gain_pp"] == 0
     assert (tmp_path / "cpt_v_loss.png").stat().st_size > 0
     assert json.loads((tmp_path / "cpt_v.json").read_text())["results"][0]["before_top1"] == row["before_top1"]
+    assert "| minmax | W4A4 |" in (tmp_path / "cpt_v.md").read_text()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, config, passes
+from fxquant import FxQuantError, config, passes, roles
 from fxquant.lowering.parity import onnx_output
 from fxquant.passes.contrastive_search import contrastive_loss, contrastive_search
 from fxquant.passes.float_reference import float_reference
@@ -46,7 +46,7 @@ class _ToyViT(nn.Module):
         return self.head(self.norms[-1](x).mean(1))
 
 
-_FAST = {"cptv_passes": 2, "cptv_batch_size": 16, "cptv_holdout": 0.25}
+_FAST = {"cptv_scales": "attention", "cptv_passes": 2, "cptv_batch_size": 16, "cptv_holdout": 0.25}
 
 
 def _setup(spoil=1.0, **options):
@@ -134,6 +134,21 @@ def test_all_scales_keep_zero_points_and_dtypes_and_export_the_searched_values()
     assert (onnx - out_after).abs().mean() < 0.2 * (out_after - out_before).abs().mean()
 
 
+def test_a_scale_another_op_reads_is_left_alone():
+    calib, cfg, qmodel = _setup(cptv_scales="all", cptv_passes=0)
+    softmax_quant = next(n for n in qmodel.graph.nodes if n.meta.get(roles.META_KEY) == roles.POST_SOFTMAX
+                         and n.target is torch.ops.fxquant.fake_quant.default)
+    with qmodel.graph.inserting_after(softmax_quant):     # e.g. an integer Softmax's constants
+        qmodel.graph.call_function(torch.mul, (softmax_quant, softmax_quant.args[1]))
+    qmodel.recompile()
+    contrastive_search(qmodel, cfg, calib)
+    searched = {s for names in qmodel.meta["cpt-v"]["searched"].values() for s in names}
+    assert softmax_quant.args[1].target not in searched
+    activation_scales = {n.args[1].target for n in qmodel.graph.nodes
+                         if n.target is torch.ops.fxquant.fake_quant.default}
+    assert {s for s in searched if s in activation_scales} == activation_scales - {softmax_quant.args[1].target}
+
+
 def test_registered_as_a_refinement_and_deterministic_with_a_seed():
     assert config.resolve("minmax+cpt-v").refine == ("cpt-v",)
     assert passes.load("cpt-v", passes.REFINEMENTS) is contrastive_search
@@ -169,4 +184,4 @@ def test_a_model_without_attention_is_refused():
     calib = [torch.randn(16, 8) for _ in range(2)]
     qmodel = fxquant.convert(mlp, calib, "minmax")
     with pytest.raises(FxQuantError, match="no uniform scales"):
-        contrastive_search(qmodel, qmodel.config, calib)
+        contrastive_search(qmodel, replace(qmodel.config, options={"cptv_scales": "attention"}), calib)

@@ -35,7 +35,7 @@ class _Toy(nn.Module):
 def _setup(**options):
     torch.manual_seed(0)
     model, calib = _Toy(), [torch.randn(16, 6, 8) for _ in range(4)]
-    cfg = replace(config.resolve("minmax", "w3a4"), options={"recon_iters": 300, **options})
+    cfg = replace(config.resolve("minmax", "w3a4"), options={"recon_iters": 5, **options})
     return model, calib, cfg, fxquant.convert(model, calib, cfg)
 
 
@@ -49,7 +49,7 @@ def _structure(gm):
 
 
 def test_reconstruction_lowers_the_error_and_keeps_the_structure():
-    _, calib, cfg, qmodel = _setup()
+    _, calib, cfg, qmodel = _setup(recon_iters=100)
     reference = float_reference(qmodel)
     before, structure = _error(qmodel, reference, calib), _structure(qmodel)
     buffers = {k: v.clone() for k, v in qmodel.named_buffers()}

@@ -4,9 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from fxquant import FxQuantError
+from fxquant import FxQuantError, RoleSpec, roles
 from fxquant.lowering.parity import onnx_output
+from fxquant.observers.observer import Observer
+from fxquant.quantizers import activation_fitter
 from fxquant.quantizers.log2 import LogParams, fit
+from fxquant.quantizers.uniform import UniformParams
 
 
 def test_worked_example_of_the_spec():
@@ -73,3 +76,11 @@ def test_up_to_two_branches_lower_to_uint8_dequantize_else_a_level_gather(bits, 
     model = to_onnx_ir(_Log(LogParams.make(bits, 0.5, root)).eval(), torch.rand(1, 8))
     types = [n.op_type for n in model.graph.all_nodes()]
     assert types.count("DequantizeLinear") == dequantize_nodes
+
+
+@pytest.mark.parametrize("bits,kind", [(4, LogParams), (8, UniformParams)])
+def test_the_recipe_keeps_log_sqrt2_where_its_mse_is_lower(bits, kind):
+    observer = Observer(roles.POST_SOFTMAX)
+    observer(torch.softmax(torch.randn(8, 3, 65, 65, generator=torch.Generator().manual_seed(0)) * 2, -1))
+    spec = RoleSpec(quantizer="logsqrt2_or_uniform", observer="mse", bits="attn")
+    assert isinstance(activation_fitter(spec.quantizer)(observer, spec, bits), kind)

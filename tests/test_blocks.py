@@ -1,0 +1,54 @@
+import torch
+from torch import nn
+
+import fxquant
+from fxquant import patterns, trace
+from fxquant.blocks import block_module, split_blocks
+
+
+class _Residual(nn.Module):
+    """Two residual branches, a tanh-GELU-like inner add, a bias add, and a defaulted input."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, 2)
+        self.bias = nn.Parameter(torch.randn(d))
+
+    def forward(self, x, scale: float = 1.0):
+        x = x + self.bias                      # not residual: no Linear between
+        h = self.a(x)
+        x = x + (h + 0.1 * h ** 3)             # residual; the inner add is not
+        x = x + self.b(x) * scale              # residual
+        return self.head(x)
+
+
+def test_residual_adds_are_found_by_structure():
+    gm = trace(_Residual())
+    assert [n.name for n in patterns.residual_adds(gm)] == ["add_2", "add_3"]
+
+
+def test_blocks_run_alone_and_chain_to_the_model_output():
+    torch.manual_seed(0)
+    model = _Residual()
+    gm = trace(model)
+    blocks = split_blocks(gm, adds_per_block=1)
+    assert len(blocks) == 3 and [v.name for v in blocks[1].inputs] == ["add_2"]
+    x = torch.randn(3, 8)
+    values = {"x": x}
+    for block in blocks:
+        out = block_module(gm, block)(**{v.name: values[v.name] for v in block.inputs if v.name in values})
+        values.update({o.name: value for o, value in zip(block.outputs, out)})
+    torch.testing.assert_close(values[blocks[-1].outputs[0].name], model(x))
+    assert len(split_blocks(gm, adds_per_block=2)) == 2
+
+
+def test_float_reference_is_the_float_model():
+    torch.manual_seed(0)
+    model = _Residual()
+    x = torch.randn(16, 8)
+    qmodel = fxquant.convert(model, [x], "minmax", "w3a3")
+    from fxquant.passes.float_reference import float_reference
+    reference = float_reference(qmodel)
+    torch.testing.assert_close(reference(x), model(x))
+    assert not torch.allclose(qmodel(x), model(x), atol=1e-3)
+    assert not any(str(n.target).startswith("fxquant") for n in reference.graph.nodes)
