@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxquant import roles
+from fxquant.passes.decompose_sdpa import apply_attention_mask
 
 _LAYOUT_METHODS = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
                    "roll", "unbind", "chunk", "split", "squeeze", "unsqueeze", "expand"}
@@ -21,6 +22,7 @@ _LAYOUT_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.flatte
                      torch.unbind, torch.chunk, torch.split, torch.squeeze, torch.unsqueeze,
                      F.pad, torch.narrow, operator.getitem}
 _MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
+_METADATA_ATTRS = {"shape", "dtype", "device", "ndim"}
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -74,6 +76,12 @@ def is_layout(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS:
         return isinstance(node.args[0], fx.Node)
     return False
+
+
+def reads_only_metadata(node: fx.Node) -> bool:
+    """x.shape, x.size(), x.device ...: reads no values of x (HF code sizes its masks this way)."""
+    return ((node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA_ATTRS)
+            or (node.op == "call_method" and node.target in ("size", "dim")))
 
 
 @dataclass(frozen=True)
@@ -157,3 +165,37 @@ def _through_weighted(gm: fx.GraphModule, source: fx.Node, end: fx.Node) -> bool
                 between.add(arg)
                 stack.append(arg)
     return any(n.meta.get(roles.WEIGHT_KEY) or is_weighted(gm, n) for n in between)
+
+
+def value_sources(node: fx.Node) -> set[fx.Node]:
+    """Every node whose values `node` is computed from (reading only a shape or device is not)."""
+    found, stack = set(), [node]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in found and not reads_only_metadata(arg):
+                found.add(arg)
+                stack.append(arg)
+    return found
+
+
+def attention_mask_add(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """(scores, mask) when `node` = scores + mask feeds only Softmaxes and the mask is computed
+    from the model's inputs apart from the scores (a padding mask: no matmul or Linear made it).
+
+    A constant bias (Swin's relative positions) does not count: it is part of the logits.
+    """
+    if not isinstance(node, fx.Node):
+        return None
+    is_mask_op = _is_add(node) or (node.op == "call_function" and node.target is apply_attention_mask)
+    operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    if not is_mask_op or len(operands) != 2 or not all(is_softmax(gm, u) for u in node.users):
+        return None
+    pairs = [tuple(operands)] if node.target is apply_attention_mask else [operands, operands[::-1]]
+    for scores, mask in pairs:
+        mask_sources = value_sources(mask) | {mask}
+        if (any(is_matmul(gm, n) for n in value_sources(scores) | {scores})
+                and any(n.op == "placeholder" for n in mask_sources)
+                and not any(is_matmul(gm, n) or is_weighted(gm, n) or n.meta.get(roles.WEIGHT_KEY)
+                            for n in mask_sources)):
+            return scores, mask
+    return None

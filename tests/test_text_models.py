@@ -1,9 +1,13 @@
 """Hugging Face BERT encoders through the same passes: tracing, roles, convert, export."""
+from collections import Counter
+
+import onnx
 import pytest
 import torch
 
 from fxquant import convert, export_onnx, roles, trace
 from fxquant.lowering.runtime import OnnxModule
+from fxquant.lowering.runtime import session as session_of
 from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.patterns import is_layernorm, is_linear, is_softmax, trace_back
 
@@ -56,17 +60,26 @@ def test_bert_roles_post_layernorm_feeds_q_k_v_and_the_next_layer():
     assert sum(n.meta.get(roles.META_KEY) == roles.POST_GELU for n in gm.graph.nodes) == LAYERS
 
 
-def test_bert_converts_and_exports_with_three_inputs_and_a_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("recipe", ["minmax", "repq-vit", "fq-vit"])
+def test_bert_converts_and_exports_with_dynamic_batch_and_sequence_axes(recipe, tmp_path):
+    """repq-vit: the post-LN grids go on the Linears' branch (a float Mul and Add before
+    QuantizeLinear); fq-vit: the padding mask stays out of the integer softmax's logit grid."""
     model = _bert("eager")
     calib = [_batch(4, 8) for _ in range(2)]
-    qmodel = convert(model, calib, "minmax", "w8a8", input_names=INPUTS)
-    batch = _batch(3, 8)
-    with torch.no_grad():
-        out, ref = qmodel(**batch)["last_hidden_state"], model(**batch).last_hidden_state
-    assert torch.nn.functional.cosine_similarity(out, ref, dim=-1).min() > 0.95
-    session = OnnxModule(export_onnx(qmodel, tmp_path / "bert.onnx", calib[0]))
+    qmodel = convert(model, calib, recipe, "w8a8", input_names=INPUTS)
+    path = export_onnx(qmodel, tmp_path / "bert.onnx", calib[0], {0: "batch", 1: "sequence"})
+    session = OnnxModule(path)
     assert session.input_names == INPUTS
-    torch.testing.assert_close(session(**batch), out, rtol=0, atol=1e-3)
+    assert all([d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"]
+               for i in onnx.load(path).graph.input)
+    for batch in [_batch(3, 8), _batch(2, 13), _batch(1, 5, padded=False)]:
+        with torch.no_grad():
+            out, ref = qmodel(**batch)["last_hidden_state"], model(**batch).last_hidden_state
+        assert torch.nn.functional.cosine_similarity(out, ref, dim=-1).min() > 0.95
+        torch.testing.assert_close(session(**batch), out, rtol=0, atol=1e-3)
+    session_of(path, optimized_path=tmp_path / "optimized.onnx")
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert ops["MatMul"] == ops["Gemm"] == 0, ops  # every Linear and attention product is integer
 
 
 def test_minilm_traces_to_the_same_function():

@@ -24,8 +24,9 @@ def run(args: argparse.Namespace) -> dict:
     if not all(isinstance(d, int) for d in shape[1:]):
         raise FxQuantError(f"{paths[0]} has a symbolic non-batch input dimension: {shape}")
     x = np.random.default_rng(0).standard_normal((args.batch, *shape[1:])).astype(np.float32)
-    rows = [{"file": str(p), "ms": median_ms(p, x, args.threads, args.repeats, args.warmup),
-             "mb": p.stat().st_size / 2 ** 20} for p in paths]
+    ms = median_ms(dict(enumerate(paths)), x, args.threads, args.repeats, args.warmup)
+    rows = [{"file": str(p), "ms": ms[i], "mb": p.stat().st_size / 2 ** 20}
+            for i, p in enumerate(paths)]
     return {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "results": rows}
 
 

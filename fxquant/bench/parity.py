@@ -1,6 +1,6 @@
 """Whole-model parity: the QuantizedModel (PyTorch numerics) against its ONNX export in onnxruntime.
 
-For each model and bit-width: top-1 agreement between the two and the largest logit difference,
+For each model, recipe and bit-width: top-1 agreement between the two and the largest logit difference,
 on the bundled test images (resized for ImageNet-size models, whose weights may be random).
 """
 from __future__ import annotations
@@ -28,12 +28,12 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.models:
         args.model, args.random_weights = name, name != "ref-vit"
         work = workload.from_args(args)
-        for bits in args.bits:
-            qmodel = convert(work.loaded.model, work.calib, args.recipe, bits)
+        for recipe, bits in ((r, b) for r in args.recipes for b in args.bits):
+            qmodel = convert(work.loaded.model, work.calib, recipe, bits)
             with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(work.calib))[0][:1])
                 stats = agreement(_logits(qmodel, work.test), _logits(OnnxModule(path), work.test))
-            rows.append({"model": name, "recipe": args.recipe, "bits": bits,
+            rows.append({"model": name, "recipe": recipe, "bits": bits,
                          "images": work.eval_images, **stats})
     return {"results": rows}
 
@@ -52,6 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(calib=64, eval=None)
     p.add_argument("--models", nargs="+",
                    default=["ref-vit", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
-    p.add_argument("--recipe", default="minmax")
+    p.add_argument("--recipes", nargs="+", default=["minmax"])
     p.add_argument("--bits", nargs="+", default=["w8a8", "w4a4"])
     p.add_argument("--json", action="store_true")

@@ -2,8 +2,8 @@
 
 One process, one thread count, one batch: export (a) FP32 ONNX, (b) fxquant W8A8, (c) onnxruntime
 `quantize_static` (QDQ, per-channel, MinMax) of (a) on the same calibration images, (d) fxquant
-W4A8; then warm up and time each session, reporting medians. Random weights are fine for timm
-architectures: speed does not depend on the values.
+W4A8; then warm up and time the sessions, interleaved, reporting medians. Random weights are fine
+for timm architectures: speed does not depend on the values.
 """
 from __future__ import annotations
 
@@ -20,42 +20,30 @@ from tqdm import tqdm
 from fxquant import workload
 from fxquant.api import convert
 from fxquant.bench.fp32_onnx import export_float_onnx
+from fxquant.bench.peers import PEERS, PeerInputs
 from fxquant.lowering.export import export_onnx
 from fxquant.lowering.runtime import session
 
 RECIPE = "minmax"
+ORT_PEER = "ort-static-minmax"  # QDQ, per-channel int8 weights, MinMax uint8 activations
 
 
-def median_ms(path: Path, batch: np.ndarray, threads: int, repeats: int, warmup: int) -> float:
-    sess = session(path, threads)
-    feed = {sess.get_inputs()[0].name: batch}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def ort_quantize_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
-    """onnxruntime's own static QDQ quantization: per-channel int8 weights, MinMax activations."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, name: str):
-            self.items = iter([{name: x} for x in calib])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    name = session(fp32).get_inputs()[0].name
-    quantize_static(str(fp32), str(out), Reader(name), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-    return out
+def median_ms(paths: dict, batch: np.ndarray, threads: int, repeats: int,
+              warmup: int) -> dict:
+    """Median latency of each file. The repeats are interleaved (one run of each file per round)
+    so that a change in the machine's load shifts every file alike and the ratios hold."""
+    sessions = {k: session(p, threads) for k, p in paths.items()}
+    feeds = {k: {s.get_inputs()[0].name: batch} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(warmup):
+            s.run(None, feeds[k])
+    times = {k: [] for k in sessions}
+    for _ in tqdm(range(repeats), desc="timing", leave=False):
+        for k, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(t) for k, t in times.items()}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -63,7 +51,6 @@ def run(args: argparse.Namespace) -> dict:
     args.eval = 0
     work = workload.from_args(args)
     model = work.loaded.model
-    calib_batches = [x.numpy() for x, _ in work.calib]
     example = next(iter(work.calib))[0][:1]
     x = torch.randn(args.batch, *example.shape[1:]).numpy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,9 +59,10 @@ def run(args: argparse.Namespace) -> dict:
         for bits in ("w8a8", "w4a8"):
             qmodel = convert(model, work.calib, RECIPE, bits)
             paths[bits] = export_onnx(qmodel, tmp / f"{bits}.onnx", example)
-        paths["ort_static"] = ort_quantize_static(paths["fp32"], tmp / "ort.onnx", calib_batches)
-        ms = {k: median_ms(p, x, args.threads, args.repeats, args.warmup)
-              for k, p in tqdm(paths.items(), desc="timing", leave=False)}
+        peer = next(p for p in PEERS if p.name == ORT_PEER and p.bits == "w8a8")
+        calib = [images for images, _ in work.calib]
+        paths["ort_static"] = peer.build(PeerInputs(model, paths["fp32"], calib, tmp)).path
+        ms = median_ms(paths, x, args.threads, args.repeats, args.warmup)
         mb = {k: p.stat().st_size / 2 ** 20 for k, p in paths.items()}
     return {"model": work.loaded.name, "batch": args.batch, "threads": args.threads,
             "recipe": RECIPE, "repeats": args.repeats,

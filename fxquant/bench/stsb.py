@@ -4,8 +4,9 @@ Score: Spearman x100 between the gold similarity and the cosine of the two sente
 (mean over non-padding tokens of the last hidden state, L2-normalised, at most 64 tokens), on
 the 1,379 test pairs of `../shared/data/stsb`. Every recipe x bit-width is scored in PyTorch and,
 exported with `export_onnx`, in onnxruntime; the peers (bench.peers) quantize the FP32 ONNX with
-the same calibration sentences. The exports fix the sequence length, so every onnxruntime run
-gets inputs padded to 64 tokens (padding is masked: the score does not depend on it).
+the same calibration sentences. fxquant's exports leave the batch and sequence axes free; the FP32
+ONNX the peers start from fixes the sequence length, so those runs get inputs padded to 64 tokens
+(padding is masked: the score does not depend on it).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 BITS = ("w8a8", "w6a6", "w4a8", "w4a4")
 PEERS = ("ort-dynamic", "ort-static-minmax", "nncf")
 MAX_LENGTH = 64
+TEXT_AXES = {0: "batch", 1: "sequence"}  # of every input: token ids, attention mask, token types
 
 
 def load_pairs(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
@@ -148,10 +150,11 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
         return row
     if not args.no_onnx:
         try:
-            session = OnnxModule(export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0]))
-            row["onnx"] = score(session, tokenizer, data, args.batch_size, True,
-                                f"{recipe} {bits} (onnxruntime)")
-            probe = batches(tokenizer, data.sentences[-args.batch_size:], args.batch_size, True)
+            session = OnnxModule(export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0],
+                                             TEXT_AXES))
+            row["onnx"] = score(session, tokenizer, data, args.batch_size,
+                                desc=f"{recipe} {bits} (onnxruntime)")
+            probe = batches(tokenizer, data.sentences[-args.batch_size:], args.batch_size)
             row["parity_max_abs"] = (embed(qmodel, probe) - embed(session, probe)).abs().max().item()
         except Exception as e:
             row["onnx_error"] = accuracy._error(e)
@@ -181,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
     data = EvalSet.from_pairs(*load_pairs(Path(args.data) / "stsb-en-test.csv", args.pairs), tokenizer)
     t1, t2, _ = load_pairs(Path(args.data) / "stsb-en-train.csv", (args.calib + 1) // 2)
     sentences = [s for pair in zip(t1, t2) for s in pair][:args.calib]
-    # Padded to 64 tokens: the ONNX exports (fxquant's and the peers' FP32) fix the sequence length.
+    # Padded to 64 tokens: the peers' FP32 ONNX fixes the sequence length.
     calib = batches(tokenizer, sentences, 32, pad_to_max=True)
     result = {"model": "all-MiniLM-L6-v2", "pairs": len(data.gold), "calib_sentences": len(sentences),
               "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}

@@ -5,6 +5,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import onnx
 import onnx_ir as ir
@@ -29,10 +30,15 @@ def example_inputs(example) -> tuple[tuple, dict]:
     raise FxQuantError(f"example_input must be a tensor, a tuple or a dict, not {type(example).__name__}")
 
 
-def dynamic_batch(args: tuple, kwargs: dict):
-    batch = torch.export.Dim("batch")
-    return ({**{k: {0: batch} for k in kwargs}} if kwargs
-            else tuple({0: batch} for _ in args))
+BATCH_AXIS = {0: "batch"}
+
+
+def dynamic_batch(args: tuple, kwargs: dict, axes: Mapping[int, str] = BATCH_AXIS):
+    """The same named dynamic axes on every input ({0: "batch", 1: "sequence"} for token ids and
+    their masks); torch.export refuses an axis whose size the traced graph fixed."""
+    dims = {name: torch.export.Dim(name) for name in set(axes.values())}
+    spec = {axis: dims[name] for axis, name in axes.items()}
+    return {k: dict(spec) for k in kwargs} if kwargs else tuple(dict(spec) for _ in args)
 
 
 def _check_destination(path: Path) -> None:
@@ -50,14 +56,15 @@ def _unwrap_fxquant_error(error: BaseException) -> FxQuantError | None:
     return None
 
 
-def to_onnx_ir(qmodel: torch.nn.Module, example_input) -> ir.Model:
+def to_onnx_ir(qmodel: torch.nn.Module, example_input,
+               dynamic_axes: Mapping[int, str] = BATCH_AXIS) -> ir.Model:
     """Export through torch.onnx (dynamo) with fxquant's translations, then ORT clean-up."""
     args, kwargs = example_inputs(example_input)
     try:
         program = torch.onnx.export(
             qmodel, args, kwargs=kwargs or None, dynamo=True, opset_version=OPSET,
             custom_translation_table=ONNX_TRANSLATIONS,
-            dynamic_shapes=dynamic_batch(args, kwargs), verbose=False)
+            dynamic_shapes=dynamic_batch(args, kwargs, dynamic_axes), verbose=False)
     except Exception as e:
         cause = _unwrap_fxquant_error(e)
         if cause is not None:
@@ -69,8 +76,10 @@ def to_onnx_ir(qmodel: torch.nn.Module, example_input) -> ir.Model:
     return model
 
 
-def export_onnx(qmodel, path: str | Path, example_input) -> Path:
-    """Write `qmodel` as integer ONNX at `path`; on any failure nothing is left there."""
+def export_onnx(qmodel, path: str | Path, example_input,
+                dynamic_axes: Mapping[int, str] = BATCH_AXIS) -> Path:
+    """Write `qmodel` as integer ONNX at `path`; on any failure nothing is left there.
+    `dynamic_axes` (axis -> name, on every input) are left free in the file."""
     from fxquant.api import QuantizedModel
     if not isinstance(qmodel, QuantizedModel):
         raise FxQuantError(f"export_onnx needs a calibrated QuantizedModel from fxquant.convert, "
@@ -79,7 +88,7 @@ def export_onnx(qmodel, path: str | Path, example_input) -> Path:
     _check_destination(path)
     run_batch(qmodel, example_input if not isinstance(example_input, tuple) else list(example_input),
               0, what="export example")
-    model = to_onnx_ir(qmodel, example_input)
+    model = to_onnx_ir(qmodel, example_input, dynamic_axes)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:

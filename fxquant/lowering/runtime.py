@@ -25,6 +25,7 @@ class OnnxModule:
     """Callable with torch tensors in and out, positional inputs in the file's order."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
         self.session = session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
 

@@ -18,15 +18,23 @@ _PRE_ROLES = ((patterns.is_layernorm, roles.PRE_LAYERNORM), (patterns.is_softmax
               (patterns.is_gelu, roles.PRE_GELU))
 
 
-def _pre_role(gm, node: fx.Node) -> str | None:
-    """The role of the input of `node` when it is a float-only op (LayerNorm, Softmax, GELU)."""
-    return next((role for is_op, role in _PRE_ROLES if is_op(gm, node)), None)
+def _pre_input(gm, node: fx.Node) -> tuple[fx.Node, str] | None:
+    """(input, role) of a float-only op (LayerNorm, Softmax, GELU). Behind a padding mask the
+    Softmax's logits are the scores before the mask add (patterns.attention_mask_add), read by the
+    add: the mask (-3.4e38 where padded) would otherwise set the pre-Softmax grid."""
+    masked = patterns.attention_mask_add(gm, node)
+    if masked is not None:
+        return masked[0], roles.PRE_SOFTMAX
+    role = next((role for is_op, role in _PRE_ROLES if is_op(gm, node)), None)
+    if role is None or (role == roles.PRE_SOFTMAX and patterns.attention_mask_add(gm, node.args[0])):
+        return None
+    return node.args[0], role
 
 
 def _activation_role(gm, value: fx.Node, consumer: fx.Node) -> str:
-    pre = _pre_role(gm, consumer)
+    pre = _pre_input(gm, consumer)
     if pre is not None:
-        return pre
+        return pre[1]
     source = patterns.trace_back(value).source
     if source.op == "placeholder":
         return roles.MODEL_INPUT
@@ -45,9 +53,8 @@ def quantized_inputs(gm: fx.GraphModule, node: fx.Node, fully_quantized: bool = 
         return [node.args[0]]
     if patterns.is_matmul(gm, node):
         return list(node.args[:2])
-    if fully_quantized and _pre_role(gm, node) is not None:
-        return [node.args[0]]
-    return []
+    pre = _pre_input(gm, node) if fully_quantized else None
+    return [pre[0]] if pre is not None else []
 
 
 def annotate_roles(gm: fx.GraphModule, fully_quantized: bool = False) -> fx.GraphModule:

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from fxquant import patterns
 from fxquant.config import QuantConfig
 from fxquant.passes.quantize import _get_attr
-from fxquant.passes.reparameterize_layernorm import _reads_only_metadata
 
 FAKE_QUANT = torch.ops.fxquant.fake_quant.default
 PTF_QUANT = torch.ops.fxquant.ptf_quant.default
@@ -58,7 +57,7 @@ def _output_quantizer(gm: fx.GraphModule, ln: fx.Node) -> fx.Node | None:
     """The uniform quantizer that reads the LayerNorm output (through layout ops if per tensor)."""
     node, moved = ln, False
     while True:
-        users = [u for u in node.users if not _reads_only_metadata(u)]
+        users = [u for u in node.users if not patterns.reads_only_metadata(u)]
         if len(users) != 1:
             return None
         node = users[0]

@@ -6,6 +6,8 @@ and its only reader is the post-Softmax quantizer:
   Softmax, the quantizer and each A·V become one `lis_attention` (Log-Int-Softmax fused with A·V);
 - a uniform quantizer: the Softmax becomes `int_softmax` (i-exp), the quantizer stays.
 Other Softmaxes (log√2 or TanQ attention, A read elsewhere) stay float (the ONNX audit lists them).
+Behind a padding mask (patterns.attention_mask_add) the quantized logits are the scores before
+the mask add, and the mask becomes the integer op's `mask` input (quantizers/int_softmax.py).
 """
 from __future__ import annotations
 
@@ -45,7 +47,10 @@ def integer_softmax(gm: fx.GraphModule, config: QuantConfig, calib_loader=None) 
     post_spec = config.roles.get(roles.POST_SOFTMAX)
     lis = post_spec is not None and post_spec.quantizer == "lis"
     for softmax in [n for n in graph.nodes if patterns.is_softmax(gm, n)]:
-        logits = _logit_quantizer(gm, softmax.args[0])
+        logits_in = softmax.args[0]
+        masked = patterns.attention_mask_add(gm, logits_in)
+        scores, *mask = masked if masked is not None else (logits_in,)
+        logits = _logit_quantizer(gm, scores)
         users = list(softmax.users)
         if logits is None or len(users) != 1 or not _over_last_axis(gm, softmax):
             continue
@@ -58,7 +63,8 @@ def integer_softmax(gm: fx.GraphModule, config: QuantConfig, calib_loader=None) 
             for product in products:
                 with graph.inserting_before(product):
                     fused = graph.call_function(torch.ops.fxquant.lis_attention.default, (
-                        logits, product.args[1], scale, zero_point, codes, scales, qmin, *constants))
+                        logits, product.args[1], scale, zero_point, codes, scales, qmin, *constants,
+                        *mask))
                 product.replace_all_uses_with(fused)
                 graph.erase_node(product)
             graph.erase_node(post)
@@ -66,9 +72,11 @@ def integer_softmax(gm: fx.GraphModule, config: QuantConfig, calib_loader=None) 
         elif post.target is FAKE_QUANT:
             with graph.inserting_before(softmax):
                 new = graph.call_function(torch.ops.fxquant.int_softmax.default,
-                                          (logits, scale, zero_point, qmin, *constants))
+                                          (logits, scale, zero_point, qmin, *constants, *mask))
             softmax.replace_all_uses_with(new)
             graph.erase_node(softmax)
+        if masked is not None and not logits_in.users:
+            graph.erase_node(logits_in)
     graph.lint()
     gm.recompile()
     return gm

@@ -38,12 +38,6 @@ from fxquant.quantizers.uniform import UniformParams
 # Per-tensor target of the channel scales / zero points; "median" is DopQ-ViT's MOSF.
 FOLD_TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": torch.mean,
                                                                    "median": torch.median}
-_METADATA_ATTRS = {"shape", "dtype", "device", "ndim"}
-
-
-def _reads_only_metadata(node: fx.Node) -> bool:
-    return ((node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA_ATTRS)
-            or (node.op == "call_method" and node.target in ("size", "dim")))
 
 
 def _reach(gm: fx.GraphModule, ln: fx.Node) -> tuple[list[fx.Node], ...]:
@@ -65,7 +59,7 @@ def _reach(gm: fx.GraphModule, ln: fx.Node) -> tuple[list[fx.Node], ...]:
             if node.target is F.pad:
                 pads.append(node)
             stack.extend((user, quantized) for user in node.users)
-        elif not _reads_only_metadata(node):
+        elif not patterns.reads_only_metadata(node):
             (quantized_readers if quantized else float_readers).append(node)
     return observers, linears, pads, float_readers, quantized_readers
 

@@ -12,6 +12,12 @@ all in int64, exact. Then either
   branch, 2^−(8g+7)), V): exact integer products, no BitShift.
 The ONNX lowering reads the codes with QuantizeLinear and keeps every step above in int64; only
 `int_softmax`'s final division is float32.
+
+A padding mask (scores + mask before the Softmax, mask 0 or about -3.4e38) is an input of the op,
+not part of its logits: the logit grid is fitted on the scores alone, and the mask joins in codes,
+m = round(max(mask, FLOOR·s_a) / s_a) with FLOOR = n·x0 − 256 (True/False masks: 0 / FLOOR). A masked
+position then lies at least n·x0 below the row's largest code, where i-exp stops: it weighs 2^−n
+of the largest (≈ 1e−9 at n = 30), which the post-Softmax quantizer rounds to 0.
 """
 from __future__ import annotations
 
@@ -58,9 +64,24 @@ class ExpConstants:
         return (self.x0, self.b_int, self.c_int, self.n)
 
 
-def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: int, n: int):
+def mask_floor(x0: int, n: int) -> int:
+    """Mask codes stop here: n·x0 below any unmasked code of an 8-bit grid (no int64 overflow)."""
+    return n * x0 - 256
+
+
+def mask_codes(mask: torch.Tensor, scale: torch.Tensor, x0: int, n: int) -> torch.Tensor:
+    floor = mask_floor(x0, n)
+    if mask.dtype == torch.bool:  # SDPA's convention: True keeps
+        return torch.where(mask, 0, floor).to(torch.int64)
+    return torch.round(torch.clamp(mask, min=floor * scale) / scale).to(torch.int64)
+
+
+def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: int, n: int,
+            mask: torch.Tensor | None = None):
     """(e, Σ_row e) in int64 for dequantized logits x on the grid `scale` (last axis = row)."""
     q = torch.round(x / scale).to(torch.int64)
+    if mask is not None:
+        q = q + mask_codes(mask, scale, x0, n)
     q = torch.clamp(q - q.amax(-1, keepdim=True), min=n * x0)
     k = torch.div(q, x0, rounding_mode="floor")
     r = q - k * x0
@@ -70,14 +91,16 @@ def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: in
 
 @torch.library.custom_op("fxquant::int_softmax", mutates_args=())
 def int_softmax(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
-                x0: int, b_int: int, c_int: int, n: int) -> torch.Tensor:
-    e, total = exp_int(x, scale, x0, b_int, c_int, n)
+                x0: int, b_int: int, c_int: int, n: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    e, total = exp_int(x, scale, x0, b_int, c_int, n, mask)
     return e.float() / total.float()
 
 
 @int_softmax.register_fake
-def _(x, scale, zero_point, qmin, x0, b_int, c_int, n):
-    return torch.empty_like(x)
+def _(x, scale, zero_point, qmin, x0, b_int, c_int, n, mask=None):
+    shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
+    return x.new_empty(shape)
 
 
 def ratio_thresholds(n_levels: int) -> list[int]:
@@ -95,16 +118,18 @@ def lis_index(e: torch.Tensor, total: torch.Tensor, n_levels: int) -> torch.Tens
 @torch.library.custom_op("fxquant::lis_attention", mutates_args=())
 def lis_attention(x: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                   codes: torch.Tensor, scales: torch.Tensor, qmin: int,
-                  x0: int, b_int: int, c_int: int, n: int) -> torch.Tensor:
-    """LIS(x) @ v; `codes`, `scales` are the level tables of `LogParams.make(bits, 1, 1)`."""
-    e, total = exp_int(x, scale, x0, b_int, c_int, n)
+                  x0: int, b_int: int, c_int: int, n: int,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """LIS(x + mask) @ v; `codes`, `scales` are the level tables of `LogParams.make(bits, 1, 1)`."""
+    e, total = exp_int(x, scale, x0, b_int, c_int, n, mask)
     attention = levels(codes, scales)[lis_index(e, total, codes.shape[1] - 1)]
     return attention @ v
 
 
 @lis_attention.register_fake
-def _(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n):
-    return x.new_empty((*x.shape[:-1], v.shape[-1]))
+def _(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n, mask=None):
+    shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
+    return x.new_empty((*shape[:-1], v.shape[-1]))
 
 
 def lis_params(bits: int) -> LogParams:
@@ -122,11 +147,22 @@ def fit_lis(observer, spec, bits: int):
     return lis_params(bits) if bits <= LIS_MAX_BITS else activation_fitter("uniform")(observer, spec, bits)
 
 
-def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int):
+def _mask_codes_onnx(mask, scale, x0: int, n: int):
+    floor = mask_floor(x0, n)
+    if mask.dtype == ir.DataType.BOOL:
+        return op.Where(mask, op.Constant(value_int=0), op.Constant(value_int=floor))
+    clamped = op.Max(mask, op.Mul(op.Constant(value_float=float(floor)), scale))
+    return op.Cast(op.Round(op.Div(clamped, scale)), to=ir.DataType.INT64)
+
+
+def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int,
+                  mask=None):
     i64 = ir.DataType.INT64
     dtype = ir.DataType.INT8 if qmin < 0 else ir.DataType.UINT8
     last = op.Constant(value_ints=[-1])
     q = op.Cast(op.QuantizeLinear(x, scale, op.Cast(zero_point, to=dtype)), to=i64)
+    if mask is not None:
+        q = op.Add(q, _mask_codes_onnx(mask, scale, x0, n))
     q = op.Max(op.Sub(q, op.ReduceMax(q, last, keepdims=1)), op.Constant(value_int=n * x0))
     x0_ = op.Constant(value_int=x0)
     k = op.Div(q, x0_)                     # both ≤ 0: truncation is the floor
@@ -137,15 +173,16 @@ def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: i
     return e, op.ReduceSum(e, last, keepdims=1)
 
 
-def int_softmax_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int):
-    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n)
+def int_softmax_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int,
+                     mask=None):
+    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, mask)
     return op.Div(op.Cast(e, to=ir.DataType.FLOAT), op.Cast(total, to=ir.DataType.FLOAT))
 
 
 def lis_attention_onnx(x, v, scale, zero_point, codes, scales, qmin: int,
-                       x0: int, b_int: int, c_int: int, n: int):
+                       x0: int, b_int: int, c_int: int, n: int, mask=None):
     n_levels = codes.shape[1] - 1
-    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n)
+    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, mask)
     two = op.Constant(value_int=2)
     ratio = op.Div(op.Add(op.Mul(two, total), e), op.Mul(two, e))    # positive: truncation = floor
     above = op.GreaterOrEqual(op.Unsqueeze(ratio, op.Constant(value_ints=[-1])),

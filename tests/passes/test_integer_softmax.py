@@ -49,3 +49,33 @@ def test_lis_read_outside_a_product_keeps_float_softmax_with_lis_levels():
     assert ops["softmax"] == 1 and ops[LOG_QUANT] == 1
     node = next(n for n in qmodel.graph.nodes if n.target is LOG_QUANT)
     assert torch.equal(qmodel.get_buffer(node.args[1].target), lis_params(4).thresholds)
+
+
+class _PaddedAttention(_Attention):
+    """Scores + a padding mask from an input (float32 min where padded), as Hugging Face BERT."""
+
+    def forward(self, x, keep):
+        mask = (1.0 - keep[:, None, None, :]) * torch.finfo(torch.float32).min
+        q, k, v = (f(x).unflatten(-1, (2, -1)).transpose(1, 2) for f in (self.q, self.k, self.v))
+        a = (q @ k.transpose(-2, -1) * 0.25 + mask).softmax(-1)
+        return self.o((a @ v).transpose(1, 2).flatten(2))
+
+
+@pytest.mark.parametrize("bits, fused", [("w8a8attn4", torch.ops.fxquant.lis_attention.default),
+                                         ("w8a8attn8", torch.ops.fxquant.int_softmax.default)])
+def test_padding_mask_is_left_out_of_the_logit_grid_and_padded_keys_weigh_nothing(bits, fused):
+    g = torch.Generator().manual_seed(0)
+    keep = torch.ones(4, 12)
+    keep[:, 8:] = 0
+    calib = [{"x": torch.randn(4, 12, 16, generator=g), "keep": keep} for _ in range(2)]
+    model = _PaddedAttention().eval()
+    qmodel = fxquant.convert(model, calib, "fq-vit", bits, input_names=["x", "keep"])
+    ops = Counter(n.target for n in qmodel.graph.nodes if n.op == "call_function")
+    assert ops[fused] >= 1 and not any(patterns.is_softmax(qmodel, n) for n in qmodel.graph.nodes)
+    x = torch.randn(4, 12, 16, generator=g)
+    moved = x.clone()
+    moved[:, 8:] += 100 * torch.randn(4, 4, 16, generator=g)  # padded tokens: any values
+    out = qmodel(x, keep)
+    assert torch.equal(out[:, :8], qmodel(moved, keep)[:, :8])
+    ref = model(x, keep)[:, :8]
+    assert (out[:, :8] - ref).norm() / ref.norm() < (0.15 if "attn4" in bits else 0.05)

@@ -1,3 +1,5 @@
+import operator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,18 +112,20 @@ class _ChannelsMoved(nn.Module):
         return self.fc(self.ln(x).transpose(1, 2))
 
 
-class _LnAlsoResidual(nn.Module):
+class _LnFeedsMatmul(nn.Module):
+    """The quantized LN output also feeds an activation matmul: no Linear to take the factors."""
+
     def __init__(self, d=8):
         super().__init__()
         self.ln, self.fc = _outlier_ln(d), nn.Linear(d, d)
 
     def forward(self, x):
         h = self.ln(x)
-        return h + self.fc(h)
+        return self.fc(h) + h @ h.transpose(-2, -1) @ h
 
 
 @pytest.mark.parametrize("model,match", [(_ChannelsMoved(), "channel"),
-                                         (_LnAlsoResidual(), "not a Linear")])
+                                         (_LnFeedsMatmul(), "not a Linear")])
 def test_unfoldable_layouts_are_refused(model, match):
     x = torch.randn(3, 5, 8)
     with pytest.raises(FxQuantError, match=match):
@@ -163,3 +167,33 @@ def test_repq_vit_recipe_quantizes_the_folded_qkv_input_per_tensor():
     ln_quant = next(n for n in qmodel.graph.nodes if n.target is torch.ops.fxquant.fake_quant.default
                     and n.meta.get(roles.META_KEY) == roles.POST_LAYERNORM)
     assert qmodel.get_buffer(ln_quant.args[1].target).numel() == 1       # one scale, per tensor
+
+
+class _PostLN(nn.Module):
+    """BERT's post-LN block: each LN output feeds q, k, v (or the MLP) and the residual add."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.ln1, self.ln2 = _outlier_ln(d), _outlier_ln(d)
+        self.q, self.k, self.v, self.fc = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        h = self.ln2(h + (self.q(h) @ self.k(h).transpose(-2, -1)).softmax(-1) @ self.v(h))
+        return h + self.fc(h)
+
+
+def test_post_ln_keeps_the_layernorm_and_scales_only_the_branch_to_the_linears():
+    model, x = _PostLN(), torch.randn(4, 10, 16)
+    expected = model(x)
+    gm = reparameterize_layernorm(_calibrated(model, x), CFG, [x])
+    torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(gm.ln1.weight, model.ln1.weight) and torch.equal(gm.ln2.bias, model.ln2.bias)
+    for ln in [n for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("ln")]:
+        smooth = [u for u in ln.users if u.target is operator.mul]
+        assert len(smooth) == 1 and [u.target for u in smooth[0].users] == [operator.add]
+        quantizer = next(iter(smooth[0].users)).users
+        assert [gm.get_submodule(o.target).role for o in quantizer] == [roles.POST_LAYERNORM]
+        assert getattr(gm.get_submodule(next(iter(quantizer)).target), FITTED_ATTR).scale.numel() == 1
+        residual = [u for u in ln.users if u.target is operator.add]
+        assert len(residual) == 1                        # reads the LayerNorm output itself

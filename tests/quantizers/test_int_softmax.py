@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -78,4 +79,46 @@ def test_onnx_parity_of_log_int_softmax_codes_bit_exact():
     p, x = _logits(2)
     c = isx.ExpConstants.make(p.scale.item()).constants()
     module = _LIS(p, isx.lis_params(4), c)
+    assert torch.equal(onnx_output(module, x[:1], x), module(x))
+
+
+def _padding_masks(x):
+    keep = torch.ones(x.shape[0], 1, 1, x.shape[-1], dtype=torch.bool)
+    keep[0, ..., 11:] = False
+    return keep, torch.where(keep, 0.0, torch.finfo(torch.float32).min)
+
+
+def test_padded_positions_weigh_nothing_and_the_rest_is_the_unpadded_softmax():
+    p, x = _logits(3)
+    c = isx.ExpConstants.make(p.scale.item()).constants()
+    keep, additive = _padding_masks(x)
+    for mask in (keep, additive):
+        y = isx.int_softmax(x, p.scale, p.zero_point, p.qmin, *c, mask)
+        assert y[0, ..., 11:].max() < 1e-8
+        torch.testing.assert_close(y[0, ..., :11], isx.int_softmax(x[0, ..., :11], p.scale, p.zero_point,
+                                                                   p.qmin, *c), rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(y[1:], isx.int_softmax(x[1:], p.scale, p.zero_point, p.qmin, *c))
+    lis = isx.lis_params(4)
+    a = isx.lis_attention(x, torch.eye(17), p.scale, p.zero_point, lis.codes, lis.scales, p.qmin, *c,
+                          additive)
+    assert (a[0, ..., 11:] == 0).all()
+
+
+class _MaskedSoftmax(nn.Module):
+    def __init__(self, p, c, mask):
+        super().__init__()
+        self.constants = (p.qmin, *c)
+        for k, v in dict(s=p.scale, z=p.zero_point, mask=mask).items():
+            self.register_buffer(k, v)
+
+    def forward(self, x):
+        return isx.int_softmax(x, self.s, self.z, *self.constants, self.mask)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_onnx_parity_of_masked_int_softmax_bit_exact(kind):
+    p, x = _logits(4)
+    keep, additive = _padding_masks(x)
+    mask = (keep if kind == "bool" else additive)[:1]  # a buffer: the same mask for every item
+    module = _MaskedSoftmax(p, isx.ExpConstants.make(p.scale.item()).constants(), mask)
     assert torch.equal(onnx_output(module, x[:1], x), module(x))
