@@ -1,7 +1,9 @@
 """Integer softmax (I-BERT's i-exp) on quantized logits, and FQ-ViT's Log-Int-Softmax (LIS).
 
-i-exp on the logits' integer codes x (grid s_a), per row: x ← x − max x (≤ 0), x ← max(x, n·x0),
-    x0 = ⌊−ln2 / s_a⌋, k = ⌊x / x0⌋, r = x − k·x0, z = r·(r + ⌊(b/a)/s_a⌋) + ⌊(1/a)/s_a²⌋,
+i-exp on the logits' integer codes x (grid s_a), per row: x ← u·x (u a power of two, 1 unless
+s_a > ln2/4: then the codes are shifted onto the grid s = s_a/u so that ln2 spans at least 4 of
+them, else a 4-bit grid would give exp = 0), x ← x − max x (≤ 0), x ← max(x, n·x0),
+    x0 = ⌊−ln2 / s⌋, k = ⌊x / x0⌋, r = x − k·x0, z = r·(r + ⌊(b/a)/s_a⌋) + ⌊(1/a)/s_a²⌋,
     e = z · 2^(n − k)        (a, b = 0.35815147, 0.96963238; n = 30, less if int64 could overflow)
 all in int64, exact. Then either
 - `int_softmax`: e / Σe in float32, quantized by the uniform post-Softmax quantizer that follows;
@@ -44,12 +46,15 @@ class ExpConstants:
     b_int: int
     c_int: int
     n: int
+    up: int
 
     @classmethod
     def make(cls, scale: float) -> "ExpConstants":
         a, b, c = COEFFS
         if not scale > 0 or not math.isfinite(scale):
             raise FxQuantError(f"integer softmax needs a positive logit scale, got {scale}")
+        up = 1 << max(0, math.ceil(math.log2(scale / (math.log(2) / 4))))
+        scale = scale / up
         x0, b_int = math.floor(-math.log(2) / scale), math.floor(b / a / scale)
         c_int = math.floor(c / a / scale ** 2)
         if min(r * (r + b_int) + c_int for r in range(x0 + 1, 1)) < 1:
@@ -58,30 +63,32 @@ class ExpConstants:
         n = min(N_EXP, 62 - MAX_ROW.bit_length() - c_int.bit_length())
         if n < 1:
             raise FxQuantError(f"logit scale {scale} is too fine for a 64-bit integer softmax")
-        return cls(x0, b_int, c_int, n)
+        return cls(x0, b_int, c_int, n, up)
 
-    def constants(self) -> tuple[int, int, int, int]:
-        return (self.x0, self.b_int, self.c_int, self.n)
+    def constants(self) -> tuple[int, int, int, int, int]:
+        return (self.x0, self.b_int, self.c_int, self.n, self.up)
 
 
-def mask_floor(x0: int, n: int) -> int:
+def mask_floor(x0: int, n: int, up: int) -> int:
     """Mask codes stop here: n·x0 below any unmasked code of an 8-bit grid (no int64 overflow)."""
-    return n * x0 - 256
+    return n * x0 - 256 * up
 
 
-def mask_codes(mask: torch.Tensor, scale: torch.Tensor, x0: int, n: int) -> torch.Tensor:
-    floor = mask_floor(x0, n)
+def mask_codes(mask: torch.Tensor, scale: torch.Tensor, x0: int, n: int, up: int) -> torch.Tensor:
+    """The mask in codes of the fine grid scale/up."""
+    floor = mask_floor(x0, n, up)
+    scale = scale / up
     if mask.dtype == torch.bool:  # SDPA's convention: True keeps
         return torch.where(mask, 0, floor).to(torch.int64)
     return torch.round(torch.clamp(mask, min=floor * scale) / scale).to(torch.int64)
 
 
 def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: int, n: int,
-            mask: torch.Tensor | None = None):
+            up: int, mask: torch.Tensor | None = None):
     """(e, Σ_row e) in int64 for dequantized logits x on the grid `scale` (last axis = row)."""
-    q = torch.round(x / scale).to(torch.int64)
+    q = torch.round(x / scale).to(torch.int64) * up
     if mask is not None:
-        q = q + mask_codes(mask, scale, x0, n)
+        q = q + mask_codes(mask, scale, x0, n, up)
     q = torch.clamp(q - q.amax(-1, keepdim=True), min=n * x0)
     k = torch.div(q, x0, rounding_mode="floor")
     r = q - k * x0
@@ -91,14 +98,14 @@ def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: in
 
 @torch.library.custom_op("fxquant::int_softmax", mutates_args=())
 def int_softmax(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
-                x0: int, b_int: int, c_int: int, n: int,
+                x0: int, b_int: int, c_int: int, n: int, up: int,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-    e, total = exp_int(x, scale, x0, b_int, c_int, n, mask)
+    e, total = exp_int(x, scale, x0, b_int, c_int, n, up, mask)
     return e.float() / total.float()
 
 
 @int_softmax.register_fake
-def _(x, scale, zero_point, qmin, x0, b_int, c_int, n, mask=None):
+def _(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask=None):
     shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
     return x.new_empty(shape)
 
@@ -118,16 +125,16 @@ def lis_index(e: torch.Tensor, total: torch.Tensor, n_levels: int) -> torch.Tens
 @torch.library.custom_op("fxquant::lis_attention", mutates_args=())
 def lis_attention(x: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                   codes: torch.Tensor, scales: torch.Tensor, qmin: int,
-                  x0: int, b_int: int, c_int: int, n: int,
+                  x0: int, b_int: int, c_int: int, n: int, up: int,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """LIS(x + mask) @ v; `codes`, `scales` are the level tables of `LogParams.make(bits, 1, 1)`."""
-    e, total = exp_int(x, scale, x0, b_int, c_int, n, mask)
+    e, total = exp_int(x, scale, x0, b_int, c_int, n, up, mask)
     attention = levels(codes, scales)[lis_index(e, total, codes.shape[1] - 1)]
     return attention @ v
 
 
 @lis_attention.register_fake
-def _(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n, mask=None):
+def _(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n, up, mask=None):
     shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
     return x.new_empty((*shape[:-1], v.shape[-1]))
 
@@ -147,8 +154,9 @@ def fit_lis(observer, spec, bits: int):
     return lis_params(bits) if bits <= LIS_MAX_BITS else activation_fitter("uniform")(observer, spec, bits)
 
 
-def _mask_codes_onnx(mask, scale, x0: int, n: int):
-    floor = mask_floor(x0, n)
+def _mask_codes_onnx(mask, scale, x0: int, n: int, up: int):
+    floor = mask_floor(x0, n, up)
+    scale = op.Div(scale, op.Constant(value_float=float(up)))
     if mask.dtype == ir.DataType.BOOL:
         return op.Where(mask, op.Constant(value_int=0), op.Constant(value_int=floor))
     clamped = op.Max(mask, op.Mul(op.Constant(value_float=float(floor)), scale))
@@ -156,13 +164,15 @@ def _mask_codes_onnx(mask, scale, x0: int, n: int):
 
 
 def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int,
-                  mask=None):
+                  up: int, mask=None):
     i64 = ir.DataType.INT64
     dtype = ir.DataType.INT8 if qmin < 0 else ir.DataType.UINT8
     last = op.Constant(value_ints=[-1])
     q = op.Cast(op.QuantizeLinear(x, scale, op.Cast(zero_point, to=dtype)), to=i64)
+    if up > 1:
+        q = op.Mul(q, op.Constant(value_int=up))
     if mask is not None:
-        q = op.Add(q, _mask_codes_onnx(mask, scale, x0, n))
+        q = op.Add(q, _mask_codes_onnx(mask, scale, x0, n, up))
     q = op.Max(op.Sub(q, op.ReduceMax(q, last, keepdims=1)), op.Constant(value_int=n * x0))
     x0_ = op.Constant(value_int=x0)
     k = op.Div(q, x0_)                     # both ≤ 0: truncation is the floor
@@ -174,15 +184,15 @@ def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: i
 
 
 def int_softmax_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int,
-                     mask=None):
-    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, mask)
+                     up: int, mask=None):
+    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask)
     return op.Div(op.Cast(e, to=ir.DataType.FLOAT), op.Cast(total, to=ir.DataType.FLOAT))
 
 
 def lis_attention_onnx(x, v, scale, zero_point, codes, scales, qmin: int,
-                       x0: int, b_int: int, c_int: int, n: int, mask=None):
+                       x0: int, b_int: int, c_int: int, n: int, up: int, mask=None):
     n_levels = codes.shape[1] - 1
-    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, mask)
+    e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask)
     two = op.Constant(value_int=2)
     ratio = op.Div(op.Add(op.Mul(two, total), e), op.Mul(two, e))    # positive: truncation = floor
     above = op.GreaterOrEqual(op.Unsqueeze(ratio, op.Constant(value_ints=[-1])),

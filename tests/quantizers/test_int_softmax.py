@@ -13,7 +13,7 @@ def test_worked_example_of_the_spec():
     """Logits [2, 1, 0, -3] on the grid 0.1: codes [1, 2, 3, 8]."""
     x = torch.tensor([[2.0, 1.0, 0.0, -3.0]])
     c = isx.ExpConstants.make(0.1)
-    assert c.constants() == (-7, 27, 279, 30)
+    assert c.constants() == (-7, 27, 279, 30, 1)
     e, total = isx.exp_int(x, S, *c.constants())
     assert e.tolist() == [[279 << 30, 207 << 29, 153 << 28, 253 << 23]]
     p = isx.lis_params(4)
@@ -54,6 +54,19 @@ class _Op(nn.Module):
     def forward(self, x, *rest):
         return self.fn(x, *rest, *(getattr(self, f"t{i}") for i in range(len(self._buffers))),
                        *self.constants)
+
+
+def test_a_coarse_4_bit_grid_is_shifted_onto_a_finer_one_and_stays_bit_exact_in_onnx():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 9, 9, generator=g) * 8
+    p = params_from_range(x.min(), x.max(), 4, symmetric=False)  # scale > ln 2
+    x = p.fake_quantize(x)
+    c = isx.ExpConstants.make(p.scale.item())
+    assert c.up > 1 and c.x0 <= -4
+    y = isx.int_softmax(x, p.scale, p.zero_point, p.qmin, *c.constants())
+    assert (y - torch.softmax(x, -1)).abs().max() < 0.1
+    module = _Op(isx.int_softmax, p.scale, p.zero_point, constants=(p.qmin, *c.constants()))
+    assert torch.equal(onnx_output(module, x[:1], x), module(x))
 
 
 def test_onnx_parity_of_int_softmax_bit_exact():
