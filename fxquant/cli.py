@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -47,67 +48,29 @@ def _quantize(args: argparse.Namespace) -> dict:
     return result
 
 
-def _bench_parity(args: argparse.Namespace) -> dict:
-    from fxquant.bench import parity
-    result = parity.run(args)
-    print(parity.markdown(result))
-    return result
+# `fxquant bench NAME` -> (module in fxquant.bench with add_arguments/run/markdown, help)
+BENCHMARKS = {
+    "speed": ("speed", "ONNX latency: FP32 vs fxquant vs onnxruntime quantize_static"),
+    "latency": ("latency", "ONNX latency of given files (e.g. fully quantized vs QDQ)"),
+    "parity": ("parity", "QuantizedModel vs its ONNX export: top-1 agreement"),
+    "accuracy": ("accuracy", "top-1 of every recipe and bit-width beside the peers"),
+    "stsb": ("stsb", "all-MiniLM-L6-v2 on STS-B: Spearman of every recipe and bit-width beside "
+                     "the peers (needs the text extra)"),
+    "attention-quantizers": ("attention_quantizers",
+                             "post-Softmax quantizers (TanQ, log2, uniform) on real attention maps"),
+    "cpt-v": ("cpt_v", "top-1 before and after the CPT-V scale search, per seed"),
+    "dopq": ("dopq", "DopQ-ViT ablation: TanQ, MOSF, reconstruction on repq-vit"),
+    "two-scale-error": ("two_scale_error",
+                        "V-2SF vs uniform and log2 on real post-Softmax/post-GELU tensors"),
+}
 
 
-def _bench_latency(args: argparse.Namespace) -> dict:
-    from fxquant.bench import latency
-    result = latency.run(args)
-    print(latency.markdown(result))
-    return result
-
-
-def _bench_speed(args: argparse.Namespace) -> dict:
-    from fxquant.bench import speed
-    result = speed.run(args)
-    print(speed.markdown(result))
-    return result
-
-
-def _bench_accuracy(args: argparse.Namespace) -> dict:
-    from fxquant.bench import accuracy
-    result = accuracy.run(args)
-    print(accuracy.markdown(result))
-    return result
-
-
-def _bench_attention_quantizers(args: argparse.Namespace) -> dict:
-    from fxquant.bench import attention_quantizers
-    result = attention_quantizers.run(args)
-    print(attention_quantizers.markdown(result))
-    return result
-
-
-def _bench_two_scale_error(args: argparse.Namespace) -> dict:
-    from fxquant.bench import two_scale_error
-    result = two_scale_error.run(args)
-    print(two_scale_error.markdown(result))
-    return result
-
-
-def _bench_dopq(args: argparse.Namespace) -> dict:
-    from fxquant.bench import dopq
-    result = dopq.run(args)
-    print(dopq.markdown(result))
-    return result
-
-
-def _bench_cpt_v(args: argparse.Namespace) -> dict:
-    from fxquant.bench import cpt_v
-    result = cpt_v.run(args)
-    print(cpt_v.markdown(result))
-    return result
-
-
-def _bench_stsb(args: argparse.Namespace) -> dict:
-    from fxquant.bench import stsb
-    result = stsb.run(args)
-    print(stsb.markdown(result))
-    return result
+def _bench(module):
+    def run(args: argparse.Namespace) -> dict:
+        result = module.run(args)
+        print(module.markdown(result))
+        return result
+    return run
 
 
 def _report(args: argparse.Namespace) -> dict:
@@ -146,45 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: accuracy and speed against the usual tools")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    from fxquant.bench import speed
-    s = bench_sub.add_parser("speed", help="ONNX latency: FP32 vs fxquant vs onnxruntime quantize_static")
-    speed.add_arguments(s)
-    s.set_defaults(run=_bench_speed)
-    from fxquant.bench import latency
-    la = bench_sub.add_parser("latency", help="ONNX latency of given files (e.g. fully quantized vs QDQ)")
-    latency.add_arguments(la)
-    la.set_defaults(run=_bench_latency)
-    from fxquant.bench import parity
-    pa = bench_sub.add_parser("parity", help="QuantizedModel vs its ONNX export: top-1 agreement")
-    parity.add_arguments(pa)
-    pa.set_defaults(run=_bench_parity)
-    from fxquant.bench import accuracy
-    a = bench_sub.add_parser("accuracy", help="top-1 of every recipe and bit-width beside the peers")
-    accuracy.add_arguments(a)
-    a.set_defaults(run=_bench_accuracy)
-    from fxquant.bench import stsb
-    st = bench_sub.add_parser("stsb", help="all-MiniLM-L6-v2 on STS-B: Spearman of every recipe "
-                                           "and bit-width beside the peers (needs the text extra)")
-    stsb.add_arguments(st)
-    st.set_defaults(run=_bench_stsb)
-    from fxquant.bench import attention_quantizers
-    aq = bench_sub.add_parser("attention-quantizers",
-                              help="post-Softmax quantizers (TanQ, log2, uniform) on real attention maps")
-    attention_quantizers.add_arguments(aq)
-    aq.set_defaults(run=_bench_attention_quantizers)
-    from fxquant.bench import cpt_v
-    cv = bench_sub.add_parser("cpt-v", help="top-1 before and after the CPT-V scale search, per seed")
-    cpt_v.add_arguments(cv)
-    cv.set_defaults(run=_bench_cpt_v)
-    from fxquant.bench import dopq
-    d = bench_sub.add_parser("dopq", help="DopQ-ViT ablation: TanQ, MOSF, reconstruction on repq-vit")
-    dopq.add_arguments(d)
-    d.set_defaults(run=_bench_dopq)
-    from fxquant.bench import two_scale_error
-    ts = bench_sub.add_parser("two-scale-error",
-                              help="V-2SF vs uniform and log2 on real post-Softmax/post-GELU tensors")
-    two_scale_error.add_arguments(ts)
-    ts.set_defaults(run=_bench_two_scale_error)
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        module = importlib.import_module(f"fxquant.bench.{module_name}")
+        b = bench_sub.add_parser(name, help=help_text)
+        module.add_arguments(b)
+        b.set_defaults(run=_bench(module))
 
     from fxquant.report import add_arguments as report_arguments
     r = sub.add_parser("report", help="per-tensor SQNR and ranges (table + PNG), or plot "
