@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from fxquant import workload
 from fxquant.api import convert
@@ -18,9 +19,9 @@ from fxquant.lowering.parity import agreement
 from fxquant.lowering.runtime import OnnxModule
 
 
-def _logits(model, loader) -> torch.Tensor:
+def _logits(model, loader, desc: str) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(x) for x, _ in loader])
+        return torch.cat([model(x) for x, _ in tqdm(loader, desc=desc, leave=False)])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -32,18 +33,21 @@ def run(args: argparse.Namespace) -> dict:
             qmodel = convert(work.loaded.model, work.calib, recipe, bits)
             with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(work.calib))[0][:1])
-                stats = agreement(_logits(qmodel, work.test), _logits(OnnxModule(path), work.test))
+                tag = f"{name} {recipe} {bits}"
+                stats = agreement(_logits(qmodel, work.test, f"{tag} (PyTorch)"),
+                                  _logits(OnnxModule(path), work.test, f"{tag} (onnxruntime)"))
             rows.append({"model": name, "recipe": recipe, "bits": bits,
                          "images": work.eval_images, **stats})
     return {"results": rows}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| model | recipe | bits | images | top-1 agreement | max abs logit diff |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | recipe | bits | images | top-1 agreement | max abs logit diff | "
+             "median top-2 logit gap |", "|---|---|---|---|---|---|---|"]
     for r in result["results"]:
         lines.append(f"| {r['model']} | {r['recipe']} | {r['bits']} | {r['images']} | "
-                     f"{100 * r['top1_agreement']:.2f} % | {r['max_abs_diff']:.4f} |")
+                     f"{100 * r['top1_agreement']:.2f} % | {r['max_abs_diff']:.4f} | "
+                     f"{r['median_top2_gap']:.4f} |")
     return "\n".join(lines)
 
 

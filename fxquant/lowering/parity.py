@@ -25,9 +25,12 @@ def onnx_output(module: torch.nn.Module, example: torch.Tensor, inputs: torch.Te
 
 
 def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
-    """Top-1 agreement and the largest absolute logit difference."""
+    """Top-1 agreement, the largest absolute logit difference, and the reference's median gap
+    between its two largest logits (a random-weight model's near-ties flip on tiny differences)."""
+    top2 = reference.topk(2, dim=-1).values
     return {"top1_agreement": (reference.argmax(-1) == other.argmax(-1)).float().mean().item(),
-            "max_abs_diff": (reference - other).abs().max().item()}
+            "max_abs_diff": (reference - other).abs().max().item(),
+            "median_top2_gap": (top2[..., 0] - top2[..., 1]).median().item()}
 
 
 def tie_and_edge_values(scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
