@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", nargs="*", default=None,
                    help=f"peers to run, in this order (default: all of "
                         f"{list(dict.fromkeys(q.name for q in PEERS))}; the flag alone for none)")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="recipes in PyTorch numerics only (no export, no onnxruntime column)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -54,7 +56,8 @@ def _select_peers(names: list[str] | None, bits: list[str]) -> list:
     return [p for name in order for p in PEERS if p.name == name and p.bits in bits]
 
 
-def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, example) -> dict:
+def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, example,
+                onnx: bool) -> dict:
     row = {"recipe": recipe, "bits": bits, "torch_top1": None, "onnx_top1": None,
            "convert_seconds": None}
     try:
@@ -63,6 +66,8 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
         row["torch_top1"] = top1(qmodel, work.test, f"{recipe} {bits} (PyTorch)")
     except Exception as e:  # a failing recipe is a result too
         row["error"] = _error(e)
+        return row
+    if not onnx:
         return row
     try:
         path = export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", example)
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         tmp = Path(tmp)
         fp32 = export_float_onnx(work.loaded.model, tmp / "fp32.onnx", example)
         result["fp32_onnx_top1"] = top1(OnnxModule(fp32), work.test, "fp32 (onnxruntime)")
-        result["results"] = [_recipe_row(work, r, b, tmp, example)
+        result["results"] = [_recipe_row(work, r, b, tmp, example, not args.no_onnx)
                              for r in recipes for b in args.bits]
         inputs = PeerInputs(work.loaded.model, fp32, [x for x, _ in work.calib], tmp)
         result["peers"] = [_peer_row(p, inputs, work) for p in peers]

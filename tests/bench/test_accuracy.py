@@ -55,3 +55,12 @@ def test_bad_selection_is_refused(capsys, flag, message):
 def test_peers_are_chosen_by_bits():
     chosen = accuracy._select_peers(None, ["w4a4"])
     assert chosen and all(p.bits == "w4a4" for p in chosen)
+
+
+def test_no_onnx_skips_the_export(capsys, monkeypatch):
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported despite --no-onnx")
+    monkeypatch.setattr(accuracy, "export_onnx", no_export)
+    assert main([*SMALL, "--peers", "--no-onnx"]) == 0
+    [row] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert row["torch_top1"] is not None and row["onnx_top1"] is None and "onnx_error" not in row
