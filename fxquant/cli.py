@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -65,12 +66,10 @@ BENCHMARKS = {
 }
 
 
-def _bench(module):
-    def run(args: argparse.Namespace) -> dict:
-        result = module.run(args)
-        print(module.markdown(result))
-        return result
-    return run
+def _bench(module, args: argparse.Namespace) -> dict:
+    result = module.run(args)
+    print(module.markdown(result))
+    return result
 
 
 def _report(args: argparse.Namespace) -> dict:
@@ -113,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"fxquant.bench.{module_name}")
         b = bench_sub.add_parser(name, help=help_text)
         module.add_arguments(b)
-        b.set_defaults(run=_bench(module))
+        b.set_defaults(run=functools.partial(_bench, module))
 
     from fxquant.report import add_arguments as report_arguments
     r = sub.add_parser("report", help="per-tensor SQNR and ranges (table + PNG), or plot "
