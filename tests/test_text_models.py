@@ -1,11 +1,13 @@
 """Hugging Face BERT encoders through the same passes: tracing, roles, convert, export."""
 from collections import Counter
+from dataclasses import replace
 
 import onnx
 import pytest
 import torch
 
 from fxquant import convert, export_onnx, roles, trace
+from fxquant.config import resolve
 from fxquant.lowering.runtime import OnnxModule
 from fxquant.lowering.runtime import session as session_of
 from fxquant.passes.annotate_roles import annotate_roles
@@ -108,3 +110,16 @@ def test_minilm_onnx_embeds_a_few_sentences_as_the_quantized_model(recipe, tmp_p
                                 "Someone is cutting a vegetable with a knife on a board."], 3)
     cosine = (embed(qmodel, probe) * embed(session, probe)).sum(-1)
     assert cosine.min() > 0.999
+
+
+def test_block_reconstruction_runs_on_a_bert_whose_inputs_are_keywords():
+    """The calibration batches are dicts keyed by the model's argument names, which the traced
+    graph's placeholders only carry as targets: reconstruction must find them by target."""
+    model, calib = _bert("eager"), [_batch(4, 8) for _ in range(2)]
+    cfg = resolve("dopq-vit", "w8a8")
+    qmodel = convert(model, calib, replace(cfg, options={**cfg.options, "recon_iters": 2}))
+    assert len(qmodel.meta["recon"]["blocks"]) == LAYERS + 1  # cut after every 2nd residual add
+    with torch.no_grad():
+        out = qmodel(**calib[0])["last_hidden_state"]
+        ref = model(**calib[0]).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99

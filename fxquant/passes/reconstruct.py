@@ -217,11 +217,14 @@ def _options(config: QuantConfig) -> dict:
 
 def _graph_inputs(gm: fx.GraphModule, loader: Iterable) -> dict[str, torch.Tensor]:
     """The calibration set as whole tensors, one per graph input it gives (by placeholder name)."""
-    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    name_of = {n.target: n.name for n in placeholders}  # keyword -> node name (they may differ)
     chunks: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
         args, kwargs = batch_inputs(batch)
-        for name, value in {**dict(zip(placeholders, args)), **kwargs}.items():
+        named = {**{n.name: a for n, a in zip(placeholders, args)},
+                 **{name_of.get(k, k): v for k, v in kwargs.items()}}
+        for name, value in named.items():
             chunks.setdefault(name, []).append(value)
     if not chunks:
         raise FxQuantError("the calibration loader is empty: give it at least one batch")
