@@ -1,7 +1,8 @@
 """Whole-model parity: the QuantizedModel (PyTorch numerics) against its ONNX export in onnxruntime.
 
-For each model, recipe and bit-width: top-1 agreement between the two and the largest logit difference,
-on the bundled test images (resized for ImageNet-size models, whose weights may be random).
+For each model, recipe and bit-width: top-1 agreement between the two and the largest logit
+difference, on the bundled test images (resized for ImageNet-size models, whose weights may be
+random).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 i-exp on the logits' integer codes x (grid s_a), per row: x ← u·x (u a power of two, 1 unless
 s_a > ln2/4: then the codes are shifted onto the grid s = s_a/u so that ln2 spans at least 4 of
 them, else a 4-bit grid would give exp = 0), x ← x − max x (≤ 0), x ← max(x, n·x0),
-    x0 = ⌊−ln2 / s⌋, k = ⌊x / x0⌋, r = x − k·x0, z = r·(r + ⌊(b/a)/s_a⌋) + ⌊(1/a)/s_a²⌋,
+    x0 = ⌊−ln2 / s⌋, k = ⌊x / x0⌋, r = x − k·x0, z = r·(r + ⌊(b/a)/s⌋) + ⌊(1/a)/s²⌋,
     e = z · 2^(n − k)        (a, b = 0.35815147, 0.96963238; n = 30, less if int64 could overflow)
 all in int64, exact. Then either
 - `int_softmax`: e / Σe in float32, quantized by the uniform post-Softmax quantizer that follows;
@@ -17,7 +17,7 @@ The ONNX lowering reads the codes with QuantizeLinear and keeps every step above
 
 A padding mask (scores + mask before the Softmax, mask 0 or about -3.4e38) is an input of the op,
 not part of its logits: the logit grid is fitted on the scores alone, and the mask joins in codes,
-m = round(max(mask, FLOOR·s_a) / s_a) with FLOOR = n·x0 − 256 (True/False masks: 0 / FLOOR). A masked
+m = round(max(mask, FLOOR·s) / s) with FLOOR = n·x0 − 256·u (True/False masks: 0 / FLOOR). A masked
 position then lies at least n·x0 below the row's largest code, where i-exp stops: it weighs 2^−n
 of the largest (≈ 1e−9 at n = 30), which the post-Softmax quantizer rounds to 0.
 """
