@@ -32,7 +32,7 @@ def _least_mse(*names: str) -> Callable:
     return fit
 
 
-# log√2 wins on ViT attention at <= 4 bits, uniform at 6-8 bits (benchmarks/repq-vit.md).
+# log√2 wins on ViT attention at <= 4 bits, uniform at 6-8 bits (benchmarks/attention_quantizers.md).
 ACTIVATION_FITTERS["logsqrt2_or_uniform"] = _least_mse("logsqrt2", "uniform")
 
 ONNX_TRANSLATIONS = {**uniform.ONNX_TRANSLATIONS, **tan.ONNX_TRANSLATIONS,
