@@ -23,9 +23,9 @@ derived from it) and other quantizer kinds (PTF, log2, TanQ, ...) are left alone
 Deviations from the official code: relative noise instead of an absolute ±1e-3 that ignores a
 scale's magnitude (weights: ε = 0.03 at <= 4 bits, 0.05 above, or `cptv_noise`; activations:
 `cptv_act_noise`); the held-out calibration loss, not ImageNet validation accuracy, picks the
-returned state; the default searches activation scales too ("all"), a choice made in a helper's
-short trials on the reference ViT, not benchmarked against "attention" (benchmarks/cpt_v.md holds
-the one recorded run).
+returned state; the default searches activation scales too ("all"), chosen in short trials on
+the reference ViT and not benchmarked against "attention" (benchmarks/cpt_v.md holds the one
+recorded run).
 """
 from __future__ import annotations
 
