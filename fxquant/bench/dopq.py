@@ -14,6 +14,7 @@ from dataclasses import replace
 from fxquant import config, roles, workload
 from fxquant.api import convert
 from fxquant.bench.accuracy import CIFAR10
+from fxquant.bench.parity import model_parity
 from fxquant.config import QuantConfig, RoleSpec
 from fxquant.evaluate import top1
 
@@ -48,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recon-iters", type=int, default=None, help="recon_iters (default: the pass's)")
     p.add_argument("--recon-max-seconds", type=float, default=None, help="recon_max_seconds")
     p.add_argument("--seed", type=int, default=0, help="recon_seed")
+    p.add_argument("--parity-images", type=int, default=1000,
+                   help="compare each row with its ONNX in onnxruntime on this many test images (0: skip)")
     p.add_argument("--rows-to", default=None,
                    help="append each row as a JSON line to this file as soon as it is measured")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> dict:
                "convert_seconds": round(qmodel.convert_seconds, 1),
                "recon_seconds": recon.get("seconds"),
                "recon_iters": [b["iters"] for b in recon.get("blocks", [])] or None}
+        if args.parity_images:
+            row["parity"] = model_parity(qmodel, work.test, f"{name} {cfg.bits_label}", args.parity_images)
         result["rows"].append(row)
         if args.rows_to:
             with open(args.rows_to, "a") as f:
@@ -89,7 +94,7 @@ def markdown(r: dict) -> str:
     cells = {(row["variant"], row["bits"]): row for row in r["rows"]}
     lines = [f"{r['model']}: top-1 (%) on {r['eval_images']} test images, {r['calib_images']} "
              f"calibration images; FP32 {100 * r['fp32_top1']:.2f}. Drop vs FP32 in brackets; "
-             "recon seconds after the slash.", "",
+             "recon seconds after the slash; [onnxruntime top-1 agreement with PyTorch].", "",
              "| variant | " + " | ".join(b.upper() for b in bits) + " |",
              "|---|" + "---|" * len(bits)]
     for name in dict.fromkeys(row["variant"] for row in r["rows"]):
@@ -100,6 +105,9 @@ def markdown(r: dict) -> str:
                 values.append("n/a")
                 continue
             text = f"{100 * row['top1']:.2f} ({100 * (row['top1'] - r['fp32_top1']):+.2f})"
-            values.append(text + (f" / {row['recon_seconds']:.0f} s" if row["recon_seconds"] else ""))
+            text += f" / {row['recon_seconds']:.0f} s" if row["recon_seconds"] else ""
+            if row.get("parity"):
+                text += f" [{100 * row['parity']['top1_agreement']:.1f} %]"
+            values.append(text)
         lines.append(f"| {name} | " + " | ".join(values) + " |")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ random).
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def _logits(model, loader, desc: str) -> torch.Tensor:
         return torch.cat([model(x) for x, _ in tqdm(loader, desc=desc, leave=False)])
 
 
+def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
+    """Export `qmodel` and compare it with its ONNX in onnxruntime on the first `images` images of
+    `loader` (whole batches; all when None): the agreement statistics and the images used."""
+    batches = loader if images is None else list(itertools.islice(loader, -(-images // loader.batch_size)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(batches))[0][:1])
+        stats = agreement(_logits(qmodel, batches, f"{tag} (PyTorch)"),
+                          _logits(OnnxModule(path), batches, f"{tag} (onnxruntime)"))
+    return {"images": sum(len(x) for x, _ in batches), **stats}
+
+
 def run(args: argparse.Namespace) -> dict:
     rows = []
     for name in args.models:
@@ -32,13 +44,8 @@ def run(args: argparse.Namespace) -> dict:
         work = workload.from_args(args)
         for recipe, bits in ((r, b) for r in args.recipes for b in args.bits):
             qmodel = convert(work.loaded.model, work.calib, recipe, bits)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(work.calib))[0][:1])
-                tag = f"{name} {recipe} {bits}"
-                stats = agreement(_logits(qmodel, work.test, f"{tag} (PyTorch)"),
-                                  _logits(OnnxModule(path), work.test, f"{tag} (onnxruntime)"))
             rows.append({"model": name, "recipe": recipe, "bits": bits,
-                         "images": work.eval_images, **stats})
+                         **model_parity(qmodel, work.test, f"{name} {recipe} {bits}")})
     return {"results": rows}
 
 
