@@ -17,12 +17,13 @@ from pathlib import Path
 from fxquant import config, workload
 from fxquant.api import convert
 from fxquant.bench.accuracy import CIFAR10
+from fxquant.bench.parity import model_parity
 from fxquant.errors import FxQuantError
 from fxquant.evaluate import top1
 from fxquant.passes.contrastive_search import OPTIONS, SCALE_SETS, contrastive_search
 from fxquant.report import _figure, _save
 
-RECIPES = ("minmax", "repq-vit")
+RECIPES = ("repq-vit", "fq-vit")
 BITS = ("w4a4", "w3a3")
 
 
@@ -32,12 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.set_defaults(calib_data=str(CIFAR10 / "train5k.npz"), test_data=str(CIFAR10 / "test.npz"))
     p.set_defaults(calib=1000, batch_size=100)
     p.add_argument("--recipes", nargs="+", default=None,
-                   help=f"recipes to refine (default: those of {list(RECIPES)} fxquant has)")
+                   help=f"recipes to refine (default: {' '.join(RECIPES)})")
     p.add_argument("--bits", nargs="+", default=list(BITS), help="bit-widths (default: %(default)s)")
+    p.add_argument("--configs", nargs="+", metavar="RECIPE:BITS", default=None,
+                   help="rows as recipe:bits pairs (fq-vit:w8a8attn4), instead of --recipes x --bits")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--max-seconds", type=float, default=900, help="search budget per seed")
     p.add_argument("--scales", default=OPTIONS["cptv_scales"], choices=SCALE_SETS)
     p.add_argument("--passes", type=int, default=OPTIONS["cptv_passes"])
+    p.add_argument("--parity-images", type=int, default=1000,
+                   help="compare each searched model with its ONNX on this many test images (0: skip)")
     p.add_argument("--out-dir", default="benchmarks", help="where cpt_v.json and the PNG go")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -63,18 +68,33 @@ def _run_row(work: workload.Workload, recipe: str, bits: str, args: argparse.Nam
                                                       "final_loss", "start_judge", "final_judge",
                                                       "images", "visits")},
                             "evaluations": len(record["history"])})
+        if args.parity_images:
+            row["runs"][-1]["parity"] = model_parity(searched, work.test, f"{recipe}+cpt-v {bits}",
+                                                     args.parity_images)
     gains = [r["gain_pp"] for r in row["runs"]]
     row["gain_pp_mean"] = statistics.mean(gains)
     row["gain_pp_range"] = [min(gains), max(gains)]
     return row
 
 
+def _pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(recipe, bits) rows, checked before any work starts."""
+    if args.configs:
+        if args.recipes:
+            raise FxQuantError("give rows either as --configs or as --recipes x --bits, not both")
+        malformed = [c for c in args.configs if c.count(":") != 1]
+        if malformed:
+            raise FxQuantError(f"--configs {malformed[0]!r}: write each row as recipe:bits, e.g. fq-vit:w8a8attn4")
+        pairs = [tuple(c.split(":")) for c in args.configs]
+    else:
+        pairs = [(r, b) for r in args.recipes or RECIPES for b in args.bits]
+    for recipe, bits in pairs:
+        config.resolve(recipe, bits)
+    return pairs
+
+
 def run(args: argparse.Namespace) -> dict:
-    recipes = args.recipes or [r for r in RECIPES if r in config.RECIPES]
-    for name in recipes:
-        config.resolve(name)
-    for bits in args.bits:
-        config.parse_bits(bits)
+    pairs = _pairs(args)
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise FxQuantError(f"--out-dir {out_dir} is not a directory")
@@ -85,11 +105,11 @@ def run(args: argparse.Namespace) -> dict:
               "eval_images": work.eval_images, "calib_data": Path(args.calib_data).name,
               "test_data": Path(args.test_data).name, "scales": args.scales, "passes": args.passes,
               "max_seconds": args.max_seconds,
-              "results": [_run_row(work, r, b, args) for r in recipes for b in args.bits]}
-    result["command"] = (f"fxquant bench cpt-v --recipes {' '.join(recipes)} --bits {' '.join(args.bits)} "
+              "results": [_run_row(work, r, b, args) for r, b in pairs]}
+    result["command"] = (f"fxquant bench cpt-v --configs {' '.join(f'{r}:{b}' for r, b in pairs)} "
                          f"--seeds {' '.join(map(str, args.seeds))} --max-seconds {args.max_seconds:g} "
                          f"--scales {args.scales} --passes {args.passes} --calib {args.calib} "
-                         f"--eval {work.eval_images}")
+                         f"--eval {work.eval_images} --parity-images {args.parity_images}")
     (out_dir / "cpt_v.json").write_text(json.dumps(result, indent=1))
     (out_dir / "cpt_v.md").write_text(f"{markdown(result)}\n\nCommand: `{result['command']}`\n")
     result["plot"] = str(plot(result, out_dir / "cpt_v_loss.png"))
@@ -122,8 +142,8 @@ def markdown(result: dict) -> str:
              f"({result['test_data']}), {result['calib_images']} calibration images "
              f"({result['calib_data']}); cpt-v scales={result['scales']}, passes={result['passes']}, "
              f"budget {result['max_seconds']:.0f} s per seed", "",
-             "| recipe | bits | before | after (per seed) | gain pp mean [min, max] | search s | candidates |",
-             "|---|---|---|---|---|---|---|"]
+             "| recipe | bits | before | after (per seed) | gain pp mean [min, max] | search s | candidates "
+             "| onnxruntime top-1 agreement |", "|---|---|---|---|---|---|---|---|"]
     for row in result["results"]:
         runs = row["runs"]
         lines.append(
@@ -131,5 +151,7 @@ def markdown(result: dict) -> str:
             + " / ".join(f"{100 * r['after_top1']:.2f}" for r in runs)
             + f" | {row['gain_pp_mean']:+.2f} [{row['gain_pp_range'][0]:+.2f}, {row['gain_pp_range'][1]:+.2f}] | "
             + " / ".join(f"{r['seconds']:.0f}" for r in runs) + " | "
-            + " / ".join(str(r["evaluations"]) for r in runs) + " |")
+            + " / ".join(str(r["evaluations"]) for r in runs) + " | "
+            + " / ".join(f"{100 * r['parity']['top1_agreement']:.1f} %" if "parity" in r else "n/a"
+                         for r in runs) + " |")
     return "\n".join(lines)

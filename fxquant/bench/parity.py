@@ -29,12 +29,14 @@ def _logits(model, loader, desc: str) -> torch.Tensor:
 def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
     """Export `qmodel` and compare it with its ONNX in onnxruntime on the first `images` images of
     `loader` (whole batches; all when None): the agreement statistics and the images used."""
-    batches = loader if images is None else list(itertools.islice(loader, -(-images // loader.batch_size)))
+    if images is not None:
+        batch = len(next(iter(loader))[0])
+        loader = list(itertools.islice(loader, -(-images // batch)))
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(batches))[0][:1])
-        stats = agreement(_logits(qmodel, batches, f"{tag} (PyTorch)"),
-                          _logits(OnnxModule(path), batches, f"{tag} (onnxruntime)"))
-    return {"images": sum(len(x) for x, _ in batches), **stats}
+        path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(loader))[0][:1])
+        stats = agreement(_logits(qmodel, loader, f"{tag} (PyTorch)"),
+                          _logits(OnnxModule(path), loader, f"{tag} (onnxruntime)"))
+    return {"images": sum(len(x) for x, _ in loader), **stats}
 
 
 def run(args: argparse.Namespace) -> dict:
