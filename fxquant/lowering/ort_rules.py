@@ -4,6 +4,9 @@
 - Add(MatMul(DQ(a), DQ(W)), b) on 2-D inputs -> Gemm(DQ(a), DQ(W), DQ(b as int32)): onnxruntime
   turns 2-D MatMul+Add into a float Gemm before its QDQ fusions run, and fuses QGemm only with
   an int32 bias on the grid s_a * s_w (rounding it there moves a logit by at most s_a * s_w / 2)
+- MatMul(DQ(a) + DQ(b), DQ(v)) -> MatMul(DQ(a), DQ(v)) + MatMul(DQ(b), DQ(v)): a post-Softmax
+  value held as a sum of uint8 branches (log2 at <= 4 bits, TanQ) multiplies V on two integer
+  kernels instead of one float MatMul (onnxruntime fuses DQ -> MatMul, not DQ + DQ -> MatMul)
 - DequantizeLinear(W int8 in [-8, 7]) -> DequantizeLinear(Cast(W int4 -> int8)): 4-bit weights are
   stored as 4 bits; onnxruntime folds the Cast at load time and runs its int8 kernels
   (MatMulNBits would need float activations: it does not fuse behind an activation QDQ pair)
@@ -110,9 +113,33 @@ class Int4Weight(pattern.RewriteRuleClassBase):
                                    axis=dequantized.producer().attributes.get_int("axis", 1))
 
 
+class DistributedBranchMatMul(pattern.RewriteRuleClassBase):
+    def pattern(self, op, a, b, v):
+        left = op.DequantizeLinear(a, _allow_other_inputs=True, _allow_other_attributes=True,
+                                   _outputs=["left"])
+        right = op.DequantizeLinear(b, _allow_other_inputs=True, _allow_other_attributes=True,
+                                    _outputs=["right"])
+        return op.MatMul(op.Add(left, right), v)
+
+    def check(self, op, a, b, v, left, right) -> MatchResult:
+        check = MatchResult()
+        if v.producer() is None or v.producer().op_type != "DequantizeLinear":
+            return check.fail("the other factor is not dequantized: no integer kernel either way")
+        if any(x.dtype not in (ir.DataType.UINT8, ir.DataType.INT8) for x in (a, b)):
+            return check.fail("branches are not 8-bit codes")
+        return check
+
+    def rewrite(self, op, a, b, v, left, right):
+        def again(value: ir.Value) -> ir.Value:
+            node = value.producer()
+            return op.DequantizeLinear(*node.inputs, **{k: attr.value for k, attr in node.attributes.items()})
+        return op.Add(op.MatMul(again(left), v), op.MatMul(again(right), v))
+
+
 def optimize_for_onnxruntime(model: ir.Model) -> ir.Model:
     """Apply the rules above, layout first, then 4-bit storage."""
-    rewrite(model, pattern_rewrite_rules=[TransposedWeight.rule(), GemmToMatMul.rule()])
+    rewrite(model, pattern_rewrite_rules=[TransposedWeight.rule(), GemmToMatMul.rule(),
+                                          DistributedBranchMatMul.rule()])
     rewrite(model, pattern_rewrite_rules=[QuantizedBiasGemm.rule()])
     rewrite(model, pattern_rewrite_rules=[Int4Weight.rule()])
     return model

@@ -10,8 +10,10 @@ symmetric family of the spec; c > 1/2 spends fewer levels above c·Δ, where sof
 The numerics are written so that ONNX reproduces them bit for bit:
 - the code is the number of thresholds t_k ≤ x, t_k the companded-rounding boundaries (no `tan` at
   run time, so no ulp differences), found by a b-step binary search in ONNX;
-- levels are snapped to the uniform fine grid Δ/65535 (error ≤ Δ/131070): the codebook holds
-  L_q = round(ℓ_q·65535/Δ) and x̂ = L_q · (Δ/65535), i.e. a Gather then DequantizeLinear (uint16).
+- levels are snapped to the uniform fine grid s = Δ/65535 (error ≤ Δ/131070): the codebook holds
+  L_q = round(ℓ_q·65535/Δ), split into uint8 halves L_q = 256·H_q + L'_q, and x̂ = H_q·(256·s) +
+  L'_q·s: two Gathers, two uint8 DequantizeLinear, one Add, the same float32 operations in both
+  runtimes, and A·V runs as two integer MatMuls in onnxruntime (`lowering/ort_rules.py`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from onnxscript import opset21 as op
 from fxquant.errors import FxQuantError
 
 FINE_STEPS = 65535
+HALF = 256  # L = HALF·high + low, both uint8
 THETAS = tuple(f * math.pi for f in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95))
 CROSSOVERS = (0.5, 0.6, 0.7, 0.8)
 MIN_BITS, MAX_BITS = 3, 8
@@ -51,9 +54,11 @@ def level_table(bits: int, theta: float, crossover: float = 0.5) -> tuple[torch.
 @torch.library.custom_op("fxquant::tan_quant", mutates_args=())
 def tan_quant(x: torch.Tensor, thresholds: torch.Tensor, codebook: torch.Tensor,
               fine_scale: torch.Tensor) -> torch.Tensor:
-    """x -> codebook[#{t_k <= x}] · fine_scale (the codebook holds integers in [0, 65535])."""
+    """x -> codebook[#{t_k <= x}] · fine_scale (the codebook holds integers in [0, 65535]), summed
+    from its uint8 halves as the ONNX lowering computes it."""
     q = torch.bucketize(x, thresholds, right=True)
-    return codebook[q].to(fine_scale.dtype) * fine_scale
+    high, low = codebook[q] // HALF, codebook[q] % HALF
+    return high.to(fine_scale.dtype) * (fine_scale * HALF) + low.to(fine_scale.dtype) * fine_scale
 
 
 @tan_quant.register_fake
@@ -110,15 +115,19 @@ def fit(samples: torch.Tensor, candidates_delta, bits: int, thetas=THETAS,
 
 
 def tan_quant_onnx(x, thresholds, codebook, fine_scale):
-    """Binary search for #{t_k <= x} (b compare/select steps), Gather, DequantizeLinear (uint16)."""
+    """Binary search for #{t_k <= x} (b compare/select steps), then the codebook's uint8 halves:
+    Gather and DequantizeLinear each, summed."""
     bits = int(math.log2(thresholds.shape[0] + 1))
     q = op.ConstantOfShape(op.Shape(x), value=ir.tensor([0], dtype=ir.DataType.INT64))
     for bit in reversed(range(bits)):
         candidate = op.Add(q, op.Constant(value_int=2 ** bit))
         threshold = op.Gather(thresholds, op.Sub(candidate, op.Constant(value_int=1)))
         q = op.Where(op.GreaterOrEqual(x, threshold), candidate, q)
-    fine = op.Gather(op.Cast(codebook, to=ir.DataType.UINT16), q)
-    return op.DequantizeLinear(fine, fine_scale)
+    half = op.Constant(value_int=HALF)
+    high = op.Gather(op.Cast(op.Div(codebook, op.CastLike(half, codebook)), to=ir.DataType.UINT8), q)
+    low = op.Gather(op.Cast(op.Mod(codebook, op.CastLike(half, codebook)), to=ir.DataType.UINT8), q)
+    return op.Add(op.DequantizeLinear(high, op.Mul(fine_scale, op.CastLike(half, fine_scale))),
+                  op.DequantizeLinear(low, fine_scale))
 
 
 ONNX_TRANSLATIONS = {torch.ops.fxquant.tan_quant.default: tan_quant_onnx}

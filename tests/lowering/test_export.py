@@ -1,5 +1,6 @@
 import os
 from collections import Counter
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError
+from fxquant import FxQuantError, config
 from fxquant.lowering.parity import agreement
 from fxquant.lowering.runtime import OnnxModule, session
 
@@ -41,6 +42,22 @@ def test_every_quantized_matmul_runs_as_an_integer_kernel(exported, tmp_path):
     ops = Counter(n.op_type for n in onnx.load(optimized).graph.node)
     assert sum(ops[k] for k in INTEGER_KERNELS) == N_LINEARS + N_ATTENTION_MATMULS, ops
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0
+
+
+@pytest.mark.parametrize("recipe", ["repq-vit", "dopq-vit"])
+def test_branched_attention_multiplies_v_on_integer_kernels(recipe, ref, calib_loader, test_loader,
+                                                            tmp_path):
+    """At 4 bits log√2 (repq-vit) and TanQ (dopq-vit) hold A as two uint8 branches: A·V must run
+    as two integer MatMuls, not one float MatMul, and the export still agree."""
+    cfg = config.resolve(recipe, "w4a4")
+    qmodel = fxquant.convert(ref.model, calib_loader, replace(cfg, options={**cfg.options, "recon_iters": 2}))
+    path = fxquant.export_onnx(qmodel, tmp_path / "q.onnx", torch.randn(1, 3, 32, 32))
+    session(path, optimized_path=tmp_path / "optimized.onnx")
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0, ops
+    assert sum(ops[k] for k in INTEGER_KERNELS) == N_LINEARS + N_ATTENTION_MATMULS + N_ATTENTION_MATMULS // 2
+    logits = [(qmodel(x).detach(), OnnxModule(path)(x)) for x, _ in test_loader]
+    assert agreement(torch.cat([a for a, _ in logits]), torch.cat([b for _, b in logits]))["top1_agreement"] >= 0.995
 
 
 def test_weights_are_integer_initializers_fed_straight_to_dequantize(exported):
