@@ -130,10 +130,10 @@ class DistributedBranchMatMul(pattern.RewriteRuleClassBase):
         return check
 
     def rewrite(self, op, a, b, v, left, right):
-        def again(value: ir.Value) -> ir.Value:
+        def copy_of(value: ir.Value) -> ir.Value:
             node = value.producer()
             return op.DequantizeLinear(*node.inputs, **{k: attr.value for k, attr in node.attributes.items()})
-        return op.Add(op.MatMul(again(left), v), op.MatMul(again(right), v))
+        return op.Add(op.MatMul(copy_of(left), v), op.MatMul(copy_of(right), v))
 
 
 def optimize_for_onnxruntime(model: ir.Model) -> ir.Model:
