@@ -50,13 +50,15 @@ def test_branched_attention_multiplies_v_on_integer_kernels(recipe, ref, calib_l
     """At 4 bits log√2 (repq-vit) and TanQ (dopq-vit) hold A as two uint8 branches: A·V must run
     as two integer MatMuls, not one float MatMul, and the export still agree."""
     cfg = config.resolve(recipe, "w4a4")
-    qmodel = fxquant.convert(ref.model, calib_loader, replace(cfg, options={**cfg.options, "recon_iters": 2}))
+    cfg = replace(cfg, options={**cfg.options, "recon_iters": 2})  # dopq-vit's reconstruction, short
+    qmodel = fxquant.convert(ref.model, calib_loader, cfg)
     path = fxquant.export_onnx(qmodel, tmp_path / "q.onnx", torch.randn(1, 3, 32, 32))
     session(path, optimized_path=tmp_path / "optimized.onnx")
     ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0, ops
     assert sum(ops[k] for k in INTEGER_KERNELS) == N_LINEARS + N_ATTENTION_MATMULS + N_ATTENTION_MATMULS // 2
-    logits = [(qmodel(x).detach(), OnnxModule(path)(x)) for x, _ in test_loader]
+    onnx_model = OnnxModule(path)
+    logits = [(qmodel(x).detach(), onnx_model(x)) for x, _ in test_loader]
     assert agreement(torch.cat([a for a, _ in logits]), torch.cat([b for _, b in logits]))["top1_agreement"] >= 0.995
 
 
