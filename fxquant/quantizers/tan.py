@@ -57,7 +57,7 @@ def tan_quant(x: torch.Tensor, thresholds: torch.Tensor, codebook: torch.Tensor,
     """x -> codebook[#{t_k <= x}] · fine_scale (the codebook holds integers in [0, 65535]), summed
     from its uint8 halves as the ONNX lowering computes it."""
     q = torch.bucketize(x, thresholds, right=True)
-    high, low = codebook[q] // HALF, codebook[q] % HALF
+    high, low = (codebook // HALF)[q], (codebook % HALF)[q]  # split the 2^b-entry table, not x
     return high.to(fine_scale.dtype) * (fine_scale * HALF) + low.to(fine_scale.dtype) * fine_scale
 
 
