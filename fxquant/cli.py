@@ -7,8 +7,10 @@ import importlib
 import json
 import sys
 
-from fxquant import workload
+from fxquant import cpu, target, workload
 from fxquant.errors import FxQuantError
+
+EXPORT_CHECK_IMAGES = 8
 
 
 def _quantize(args: argparse.Namespace) -> dict:
@@ -26,9 +28,10 @@ def _quantize(args: argparse.Namespace) -> dict:
         cfg = resolve(recipe)
         recipe = replace(cfg, name=f"{cfg.name}-fully-quantized",
                          options={**cfg.options, FULLY_QUANTIZED: True})
-    qmodel = convert(work.loaded.model, work.calib, recipe, args.bits)
+    qmodel = convert(work.loaded.model, work.calib, recipe, args.bits, target=args.target)
     result = {"model": work.loaded.name, "recipe": qmodel.config.name,
-              "bits": qmodel.config.bits_label, "calib_images": work.calib_images,
+              "bits": qmodel.config.bits_label, "target": qmodel.config.target,
+              "cpu": cpu.current().kind, "calib_images": work.calib_images,
               "eval_images": work.eval_images, "fp32_top1": None, "quant_top1": None,
               "convert_seconds": round(qmodel.convert_seconds, 2)}
     if work.test is not None:
@@ -36,7 +39,9 @@ def _quantize(args: argparse.Namespace) -> dict:
         result["quant_top1"] = top1(qmodel, work.test, "evaluating quantized")
     if not args.no_onnx:
         out = args.out or f"{work.loaded.name}_{qmodel.config.name}_{qmodel.config.bits_label}.onnx"
-        path = export_onnx(qmodel, out, next(iter(work.calib))[0][:1])
+        # the self-check runs the file on several calibration images; the batch axis stays free
+        path = export_onnx(qmodel, out, next(iter(work.calib))[0][:EXPORT_CHECK_IMAGES],
+                           verify=not args.no_verify)
         result["onnx_path"] = str(path)
         if work.test is not None:
             result["onnx_top1"] = top1(OnnxModule(path), work.test, "evaluating onnx")
@@ -98,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bit-widths, e.g. w8a8, w4a4, w8a8attn4 (default: the recipe's, w8a8 for most)")
     q.add_argument("--out", default=None,
                    help="path of the integer ONNX model (default: <model>_<recipe>_<bits>.onnx)")
+    target.add_argument(q)
     q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    q.add_argument("--no-verify", action="store_true",
+                   help="write the ONNX file even if onnxruntime disagrees with PyTorch on it")
     q.add_argument("--fully-quantized", action="store_true",
                    help="also quantize LayerNorm/Softmax/GELU inputs, integer LayerNorm and Softmax")
     q.add_argument("--audit", action="store_true",

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from fxquant import roles
+from fxquant import roles, target as targets
 from fxquant.errors import FxQuantError
 from fxquant.passes import REFINEMENTS
 
@@ -40,6 +40,10 @@ class QuantConfig:
     passes: tuple[str, ...] = ()    # graph passes between calibration and quantization
     refine: tuple[str, ...] = ()    # passes after quantization ("recon", "cpt-v")
     options: Mapping[str, object] = field(default_factory=dict)
+    target: str = targets.DEFAULT   # CPUs the integer file must be exact on (fxquant/target.py)
+    # Largest relative L2 difference between onnxruntime and PyTorch on the export example that
+    # export_onnx accepts (float32 kernels round differently: a code can move across a .5 tie).
+    export_tolerance: float = 0.05
 
     def bits_for(self, spec: RoleSpec) -> int:
         slots = {"w": self.w_bits, "a": self.a_bits,
@@ -129,8 +133,9 @@ def parse_bits(bits: str) -> dict[str, int | None]:
     return parsed
 
 
-def resolve(config: str | QuantConfig, bits: str | None = None) -> QuantConfig:
-    """A recipe name (with `+refinement` suffixes) or a QuantConfig, with bits applied."""
+def resolve(config: str | QuantConfig, bits: str | None = None,
+            target: str | None = None) -> QuantConfig:
+    """A recipe name (with `+refinement` suffixes) or a QuantConfig, with bits and target applied."""
     if isinstance(config, QuantConfig):
         cfg = config
     else:
@@ -145,4 +150,5 @@ def resolve(config: str | QuantConfig, bits: str | None = None) -> QuantConfig:
     if cfg.options.get(FULLY_QUANTIZED):
         default = cfg.roles.get(roles.LINEAR_INPUT, RoleSpec())
         cfg = replace(cfg, roles={**{r: default for r in roles.FULLY_QUANTIZED_ROLES}, **cfg.roles})
+    cfg = replace(cfg, target=targets.check_target(cfg.target if target is None else target))
     return replace(cfg, **parse_bits(bits)) if bits else cfg

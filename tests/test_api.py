@@ -1,4 +1,7 @@
+import copy
+
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -83,3 +86,31 @@ def test_calibration_accepts_tensors_tuples_and_dicts():
     outs = [fxquant.convert(model, loader, "minmax")(x)
             for loader in ([x], [(x, torch.zeros(8))], [{"input": x}])]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("lo,hi", [(100.0, 101.0), (0.05, 0.06), (-3.0, -1.0)])
+def test_inputs_away_from_zero_keep_w8a8_within_two_percent(lo, hi):
+    """Calibrated ranges that exclude 0 are widened to contain it, never clipped."""
+    model = nn.Sequential(nn.Linear(16, 8))
+    x = torch.rand(64, 16) * (hi - lo) + lo
+    qmodel = fxquant.convert(model, [x], "minmax", bits="w8a8")
+    with torch.no_grad():
+        expected = model(x)
+    assert (qmodel(x) - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_non_float32_model_is_quantized_as_a_float32_copy(dtype):
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                              depth=2, num_classes=10).eval().to(dtype)
+    reference = copy.deepcopy(model).float()
+    g = torch.Generator().manual_seed(0)
+    calib = torch.randn(16, 3, 32, 32, generator=g).to(dtype)
+    qmodel = fxquant.convert(model, [(calib, torch.zeros(16))], "minmax", bits="w8a8")
+    assert {p.dtype for p in model.parameters()} == {dtype}        # the user's model is untouched
+    as_float32 = fxquant.convert(reference, [(calib.float(), torch.zeros(16))], "minmax", "w8a8")
+    x = torch.randn(8, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        expected, out = reference(x), qmodel(x)                    # float32 in, float32 out
+        assert torch.equal(out, as_float32(x))
+    assert (out - expected).norm() / expected.norm() < 0.1

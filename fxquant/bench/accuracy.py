@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fxquant import config, workload
+from fxquant import config, cpu, target, workload
 from fxquant.api import convert
 from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PEERS, PeerInputs
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{list(dict.fromkeys(q.name for q in PEERS))}; the flag alone for none)")
     p.add_argument("--no-onnx", action="store_true",
                    help="recipes in PyTorch numerics only (no export, no onnxruntime column)")
+    target.add_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -57,11 +58,11 @@ def _select_peers(names: list[str] | None, bits: list[str]) -> list:
 
 
 def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, example,
-                onnx: bool) -> dict:
+                onnx: bool, target_name: str) -> dict:
     row = {"recipe": recipe, "bits": bits, "torch_top1": None, "onnx_top1": None,
            "convert_seconds": None}
     try:
-        qmodel = convert(work.loaded.model, work.calib, recipe, bits)
+        qmodel = convert(work.loaded.model, work.calib, recipe, bits, target=target_name)
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
         row["torch_top1"] = top1(qmodel, work.test, f"{recipe} {bits} (PyTorch)")
     except Exception as e:  # a failing recipe is a result too
@@ -101,14 +102,14 @@ def run(args: argparse.Namespace) -> dict:
         raise FxQuantError("bench accuracy needs test images: --eval must not be 0")
     example = next(iter(work.calib))[0][:1]
     result = {"model": work.loaded.name, "eval_images": work.eval_images,
-              "calib_images": work.calib_images,
+              "calib_images": work.calib_images, "target": args.target, **cpu.current().as_dict(),
               "calib_data": Path(args.calib_data).name, "test_data": Path(args.test_data).name,
               "fp32_top1": top1(work.loaded.model, work.test, "fp32 (PyTorch)")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fp32 = export_float_onnx(work.loaded.model, tmp / "fp32.onnx", example)
         result["fp32_onnx_top1"] = top1(OnnxModule(fp32), work.test, "fp32 (onnxruntime)")
-        result["results"] = [_recipe_row(work, r, b, tmp, example, not args.no_onnx)
+        result["results"] = [_recipe_row(work, r, b, tmp, example, not args.no_onnx, args.target)
                              for r in recipes for b in args.bits]
         inputs = PeerInputs(work.loaded.model, fp32, [x for x, _ in work.calib], tmp)
         result["peers"] = [_peer_row(p, inputs, work) for p in peers]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fxquant.bench.speed import median_ms
+from fxquant.bench.timing import median_ms
 from fxquant.errors import FxQuantError
 from fxquant.lowering.runtime import session
 

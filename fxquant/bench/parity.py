@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fxquant import workload
+from fxquant import cpu, target, workload
 from fxquant.api import convert
+from fxquant.lowering import saturation
 from fxquant.lowering.export import export_onnx
 from fxquant.lowering.parity import agreement
 from fxquant.lowering.runtime import OnnxModule
@@ -28,7 +29,8 @@ def _logits(model, loader, desc: str) -> torch.Tensor:
 
 def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
     """Export `qmodel` and compare it with its ONNX in onnxruntime on the first `images` images of
-    `loader` (whole batches; all when None): the agreement statistics and the images used."""
+    `loader` (whole batches; all when None): the agreement statistics, the images used, and how
+    many of the file's integer GEMMs could saturate on a CPU without VNNI."""
     if images is not None:
         batch = len(next(iter(loader))[0])
         loader = list(itertools.islice(loader, -(-images // batch)))
@@ -36,7 +38,8 @@ def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
         path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(loader))[0][:1])
         stats = agreement(_logits(qmodel, loader, f"{tag} (PyTorch)"),
                           _logits(OnnxModule(path), loader, f"{tag} (onnxruntime)"))
-    return {"images": sum(len(x) for x, _ in loader), **stats}
+        risky = len(saturation.saturating(path))
+    return {"images": sum(len(x) for x, _ in loader), **stats, "gemms_saturating_without_vnni": risky}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -45,19 +48,21 @@ def run(args: argparse.Namespace) -> dict:
         args.model, args.random_weights = name, name != "ref-vit"
         work = workload.from_args(args)
         for recipe, bits in ((r, b) for r in args.recipes for b in args.bits):
-            qmodel = convert(work.loaded.model, work.calib, recipe, bits)
+            qmodel = convert(work.loaded.model, work.calib, recipe, bits, target=args.target)
             rows.append({"model": name, "recipe": recipe, "bits": bits,
                          **model_parity(qmodel, work.test, f"{name} {recipe} {bits}")})
-    return {"results": rows}
+    return {"target": args.target, **cpu.current().as_dict(), "results": rows}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| model | recipe | bits | images | top-1 agreement | max abs logit diff | "
-             "median top-2 logit gap |", "|---|---|---|---|---|---|---|"]
+    lines = [f"target {result['target']}; CPU: {result['cpu_model']} ({result['cpu_kind']})", "",
+             "| model | recipe | bits | images | top-1 agreement | max abs logit diff | "
+             "median top-2 logit gap | GEMMs that can saturate without VNNI |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["results"]:
         lines.append(f"| {r['model']} | {r['recipe']} | {r['bits']} | {r['images']} | "
                      f"{100 * r['top1_agreement']:.2f} % | {r['max_abs_diff']:.4f} | "
-                     f"{r['median_top2_gap']:.4f} |")
+                     f"{r['median_top2_gap']:.4f} | {r['gemms_saturating_without_vnni']} |")
     return "\n".join(lines)
 
 
@@ -68,4 +73,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=["ref-vit", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
     p.add_argument("--recipes", nargs="+", default=["minmax"])
     p.add_argument("--bits", nargs="+", default=["w8a8", "w4a4"])
+    target.add_argument(p)
     p.add_argument("--json", action="store_true")

@@ -3,7 +3,8 @@
 Each peer builds a model that `evaluate.top1` can run from `PeerInputs` (the float model, its FP32
 ONNX export, the calibration batches fxquant calibrates on). onnxruntime's static peers quantize
 the tensors fxquant quantizes (inputs and weights of Conv / MatMul / Gemm) unless named `-allops`,
-which keeps onnxruntime's default of every operator it can quantize.
+which keeps onnxruntime's default of every operator it can quantize, or `-rr`, with `reduce_range`
+(7-bit weights: onnxruntime's own guard against int16 saturation on x86 CPUs without VNNI).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _preprocessed(inputs: PeerInputs) -> Path:
     return out
 
 
-def _ort_static(method: str, bits: str, op_types: list[str] | None) -> Callable:
+def _ort_static(method: str, bits: str, op_types: list[str] | None,
+                reduce_range: bool = False) -> Callable:
     def build(inputs: PeerInputs) -> OnnxModule:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
                                               QuantFormat, QuantType, quantize_static)
@@ -77,11 +79,13 @@ def _ort_static(method: str, bits: str, op_types: list[str] | None) -> Callable:
             def get_next(self):
                 return next(self.items, None)
 
-        out = inputs.workdir / f"ort_static_{method}_{bits}_{'mm' if op_types else 'all'}.onnx"
+        out = inputs.workdir / (f"ort_static_{method}_{bits}_{'mm' if op_types else 'all'}"
+                                f"{'_rr' if reduce_range else ''}.onnx")
         quantize_static(str(_preprocessed(inputs)), str(out), Reader(),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
                         weight_type=weight, op_types_to_quantize=op_types,
-                        calibrate_method=getattr(CalibrationMethod, method))
+                        calibrate_method=getattr(CalibrationMethod, method),
+                        reduce_range=reduce_range)
         return OnnxModule(out)
     return build
 
@@ -126,6 +130,8 @@ PEERS: tuple[Peer, ...] = (
       for m in ("MinMax", "Entropy", "Percentile") for bits in ("w8a8", "w4a8", "w4a4")),
     *(Peer("ort-static-minmax-allops", bits, _ort_static("MinMax", bits, None))
       for bits in ("w8a8", "w4a4")),
+    Peer("ort-static-minmax-rr", "w8a8",
+         _ort_static("MinMax", "w8a8", FXQUANT_OPS, reduce_range=True)),
     Peer("ort-dynamic", "w8a8", _ort_dynamic),
     Peer("nncf", "w8a8", _nncf),
     Peer("torch-ao-fx-x86", "w8a8", _torch_ao_fx),

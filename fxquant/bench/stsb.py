@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fxquant import config
+from fxquant import config, cpu, target
 from fxquant.api import convert
 from fxquant.bench import accuracy
 from fxquant.bench.fp32_onnx import export_float_onnx
@@ -135,6 +135,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", default="eager", choices=("eager", "sdpa"),
                    help="the transformers attention implementation traced (both trace)")
     p.add_argument("--no-onnx", action="store_true", help="score in PyTorch only (no export)")
+    target.add_argument(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -142,7 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) -> dict:
     row = {"recipe": recipe, "bits": bits, "torch": None, "onnx": None, "convert_seconds": None}
     try:
-        qmodel = convert(model, calib, recipe, bits, input_names=INPUTS)
+        qmodel = convert(model, calib, recipe, bits, input_names=INPUTS, target=args.target)
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
         row["torch"] = score(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
     except Exception as e:  # a failing recipe is a result too
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> dict:
     sentences = [s for pair in zip(t1, t2) for s in pair][:args.calib]
     # Padded to 64 tokens: the peers' FP32 ONNX fixes the sequence length.
     calib = batches(tokenizer, sentences, 32, pad_to_max=True)
-    result = {"model": "all-MiniLM-L6-v2", "pairs": len(data.gold), "calib_sentences": len(sentences),
+    result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(), "pairs": len(data.gold), "calib_sentences": len(sentences),
               "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

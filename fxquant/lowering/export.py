@@ -1,4 +1,10 @@
-"""QuantizedModel -> integer ONNX file that onnxruntime loads, written all-or-nothing."""
+"""QuantizedModel -> integer ONNX file that onnxruntime loads, written all-or-nothing.
+
+Before a file is moved into place it is checked twice: no integer GEMM may saturate on a CPU
+without VNNI when its target is `portable` (`lowering/saturation.py`, independent of this CPU),
+and onnxruntime on this CPU must reproduce the PyTorch numerics on the example within the
+recipe's tolerance (`QuantConfig.export_tolerance`). The target is recorded in the file's metadata.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,12 +15,14 @@ from typing import Mapping
 
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import torch
 
+from fxquant import cpu, target
 from fxquant.calibrate import run_batch
 from fxquant.errors import FxQuantError
+from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
+from fxquant.lowering.runtime import TARGET_KEY, OnnxModule
 from fxquant.quantizers import ONNX_TRANSLATIONS
 
 OPSET = 21  # int4 initializers and block-wise DequantizeLinear
@@ -76,25 +84,72 @@ def to_onnx_ir(qmodel: torch.nn.Module, example_input,
     return model
 
 
+def _tensors(output) -> list[torch.Tensor]:
+    """A model's outputs in the order the exporter flattens them (a tensor, tuples, dicts)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors(item)]
+    return []
+
+
+def relative_error(reference, other) -> float:
+    """||other - reference|| / ||reference|| over every output tensor."""
+    pairs = list(zip(_tensors(reference), _tensors(other)))
+    diff = sum(float((o.float() - r.float()).pow(2).sum()) for r, o in pairs)
+    norm = sum(float(r.float().pow(2).sum()) for r, _ in pairs)
+    return (diff / max(norm, 1e-30)) ** 0.5
+
+
+def _check_target(model: ir.Model, config) -> None:
+    if config.target != target.PORTABLE:
+        return
+    risky = saturation.saturating(model)
+    if risky:
+        worst = max(risky, key=lambda c: max(abs(v) for v in c.pair_range))
+        raise FxQuantError(f"{len(risky)} integer GEMMs could saturate on CPUs without VNNI "
+                           f"(worst: {worst.node}, pair sums {worst.pair_range}) although the "
+                           f"target is {target.PORTABLE!r}: this is a bug in fxquant, please report it")
+
+
+def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance: float) -> None:
+    args, kwargs = example_inputs(example_input)
+    error = relative_error(reference, onnx_module(*args, **kwargs))
+    if not error <= tolerance:
+        raise FxQuantError(
+            f"the ONNX file disagrees with fxquant's PyTorch numerics on the example: relative "
+            f"error {error:.4f} > tolerance {tolerance} on this CPU ({cpu.current().describe()}); "
+            f"pass verify=False to write it anyway")
+
+
 def export_onnx(qmodel, path: str | Path, example_input,
-                dynamic_axes: Mapping[int, str] = BATCH_AXIS) -> Path:
+                dynamic_axes: Mapping[int, str] = BATCH_AXIS, verify: bool = True) -> Path:
     """Write `qmodel` as integer ONNX at `path`; on any failure nothing is left there.
-    `dynamic_axes` (axis -> name, on every input) are left free in the file."""
+    `dynamic_axes` (axis -> name, on every input) are left free in the file. With `verify` the
+    file must be exact on its target CPUs and agree with the PyTorch numerics on the example."""
     from fxquant.api import QuantizedModel
     if not isinstance(qmodel, QuantizedModel):
         raise FxQuantError(f"export_onnx needs a calibrated QuantizedModel from fxquant.convert, "
                            f"got {type(qmodel).__name__}")
     path = Path(path)
     _check_destination(path)
-    run_batch(qmodel, example_input if not isinstance(example_input, tuple) else list(example_input),
-              0, what="export example")
+    with torch.no_grad():
+        reference = run_batch(qmodel, example_input if not isinstance(example_input, tuple)
+                              else list(example_input), 0, what="export example")
     model = to_onnx_ir(qmodel, example_input, dynamic_axes)
+    model.metadata_props[TARGET_KEY] = qmodel.config.target
+    if verify:
+        _check_target(model, qmodel.config)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:
         ir.save(model, tmp)
         onnx.checker.check_model(tmp, full_check=True)
-        ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        onnx_module = OnnxModule(tmp, warn=False)  # the file loads in onnxruntime
+        if verify:
+            _check_numerics(onnx_module, example_input, reference, qmodel.config.export_tolerance)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

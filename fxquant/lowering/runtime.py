@@ -1,16 +1,50 @@
-"""Run an ONNX file in onnxruntime as if it were a torch module (for evaluation and parity)."""
+"""Run an ONNX file in onnxruntime as if it were a torch module (for evaluation and parity).
+
+Loading a file warns when this CPU would compute it differently from fxquant: an integer GEMM
+that can saturate here (x86 without VNNI), in a file exported for the `vnni` target or by
+another tool (a file without fxquant's target metadata is checked as full range).
+"""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
+from fxquant import cpu, target
+from fxquant.lowering import saturation
+
+TARGET_KEY = "fxquant.target"  # metadata: the CPUs the file is exact on (fxquant/target.py)
+
+
+def file_target(path: str | Path) -> str | None:
+    """The target recorded in a file's metadata, None for files fxquant did not write."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == TARGET_KEY), None)
+
+
+def saturation_warning(path: str | Path) -> str | None:
+    """Why onnxruntime on this CPU may not compute `path` as fxquant measured it, or None."""
+    here = cpu.current()
+    if here.full_range_int8_exact or file_target(path) == target.PORTABLE:
+        return None
+    risky = saturation.saturating(path)
+    if not risky:
+        return None
+    return (f"{path}: {len(risky)} integer GEMMs can saturate on this CPU ({here.kind}: its int8 "
+            f"GEMM adds pairs of products in int16), so onnxruntime's results will differ from "
+            f"fxquant's; re-export it with target='{target.PORTABLE}' (fxquant quantize "
+            f"--target {target.PORTABLE}) or run it on a CPU with VNNI, AMX or on ARM64")
+
 
 def session(path: str | Path, threads: int | None = None,
-            optimized_path: str | Path | None = None) -> ort.InferenceSession:
+            optimized_path: str | Path | None = None, warn: bool = True) -> ort.InferenceSession:
     """A CPU session with a fixed thread count (speed numbers must say how many)."""
+    if warn and (message := saturation_warning(path)):
+        warnings.warn(message, stacklevel=2)
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
@@ -24,9 +58,9 @@ def session(path: str | Path, threads: int | None = None,
 class OnnxModule:
     """Callable with torch tensors in and out, positional inputs in the file's order."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, warn: bool = True):
         self.path = Path(path)
-        self.session = session(path, threads)
+        self.session = session(path, threads, warn=warn)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from fxquant.blocks import Block, block_module, split_blocks
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
 from fxquant.passes.float_reference import float_reference
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, fit_weight
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
 from fxquant.passes.reconstruct import _graph_inputs
 from fxquant.quantizers.uniform import MIN_SCALE, quantize_codes
 
@@ -96,24 +96,23 @@ def _read_only_by(gm: fx.GraphModule, target: str, op) -> bool:
                if n.op == "get_attr" and n.target == target for user in n.users)
 
 
-def _weight_scale(gm: fx.GraphModule, node: fx.Node, config: QuantConfig, opts: dict):
+def _weight_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
     dq, op = node.args[1], torch.ops.fxquant.dequantize.default
     if not (isinstance(dq, fx.Node) and dq.target is op
             and all(_read_only_by(gm, a.target, op) for a in dq.args[:3])):
         return None  # not a uniform integer weight of its own
-    if FLOAT_WEIGHT_KEY not in node.meta:
+    if FLOAT_WEIGHT_KEY not in node.meta or WEIGHT_RANGE_KEY not in node.meta:
         raise FxQuantError(f"{node.name} carries no float weight: cpt-v needs a model quantized "
                            "by this version of fxquant")
     codes, scale, zero_point = (a.target for a in dq.args[:3])
     weight, zp = node.meta[FLOAT_WEIGHT_KEY], gm.get_buffer(zero_point)
-    params = fit_weight(weight, config)  # the code range the quantize pass used
-    nearest = quantize_codes(weight, gm.get_buffer(scale), zp, params.qmin, params.qmax, dq.args[3])
+    qmin, qmax = node.meta[WEIGHT_RANGE_KEY]  # the code range the quantize pass used
+    nearest = quantize_codes(weight, gm.get_buffer(scale), zp, qmin, qmax, dq.args[3])
     if not torch.equal(nearest, gm.get_buffer(codes).to(nearest.dtype)):
         warnings.warn(f"cpt-v leaves {node.name} alone: its codes are not the nearest rounding of "
                       "its float weight (an earlier refinement chose them)")
         return None
-    return _Scale(scale, _weight_noise(params.qmin, params.qmax, opts), codes, weight, zp,
-                  params.qmin, params.qmax, dq.args[3])
+    return _Scale(scale, _weight_noise(qmin, qmax, opts), codes, weight, zp, qmin, qmax, dq.args[3])
 
 
 def _activation_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
@@ -144,13 +143,13 @@ def _attention_branch(gm: fx.GraphModule, block: Block, adds: set[fx.Node]) -> l
     return branch if any(patterns.is_softmax(gm, n) for n in branch) else []
 
 
-def _block_scales(gm, block: Block, adds, config: QuantConfig, opts: dict) -> list[_Scale]:
+def _block_scales(gm, block: Block, adds, opts: dict) -> list[_Scale]:
     which = opts["cptv_scales"]
     nodes = _attention_branch(gm, block, adds) if which == "attention" else block.nodes
     found: dict[str, _Scale] = {}
     for node in nodes:
         if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
-            scale = _weight_scale(gm, node, config, opts)
+            scale = _weight_scale(gm, node, opts)
         elif which == "all" and node.op == "call_function":
             scale = _activation_scale(gm, node, opts)
         else:
@@ -270,7 +269,7 @@ def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
     clock = _Clock(opts["cptv_max_seconds"])
     blocks = split_blocks(gm)
     adds = set(patterns.residual_adds(gm))
-    searched = [(i, s) for i, b in enumerate(blocks) if (s := _block_scales(gm, b, adds, config, opts))]
+    searched = [(i, s) for i, b in enumerate(blocks) if (s := _block_scales(gm, b, adds, opts))]
     if not searched:
         raise FxQuantError(f"cpt-v found no uniform scales to search (cptv_scales="
                            f"{opts['cptv_scales']!r}); 'attention' needs Softmax residual branches")

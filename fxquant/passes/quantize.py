@@ -2,7 +2,9 @@
 
 Activation parameters come from each observer's statistics, fitted as the recipe says, unless a
 pass before this one (e.g. the LayerNorm fold) already left fitted parameters on the observer.
-Weights are stored as int8 codes plus per-channel scale and zero point, never as floats.
+Weights are stored as int8 codes plus per-channel scale and zero point, never as floats; their
+bits follow the config's target (`fxquant/target.py`): on the portable target an 8-bit weight
+whose GEMM input can reach code 255 gets 7-bit codes, so no CPU's int8 GEMM can saturate.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from fxquant import patterns, roles
+from fxquant import patterns, roles, target
 from fxquant.config import QuantConfig
 from fxquant.observers import search
 from fxquant.passes.insert_observers import observer_nodes
@@ -21,6 +23,8 @@ FITTED_ATTR = "fitted"  # an observer attribute a pass may set to override fitti
 # Meta on each quantized F.linear/conv node: the float weight its codes were rounded from, for
 # refinements that re-round or re-scale (recon, cpt-v). Kept out of the buffers: never exported.
 FLOAT_WEIGHT_KEY = "fxquant_float_weight"
+# Meta on the same nodes: (qmin, qmax) of the weight codes, for refinements that re-round them.
+WEIGHT_RANGE_KEY = "fxquant_weight_code_range"
 
 
 def _get_attr(gm: fx.GraphModule, name: str, value: torch.Tensor) -> fx.Node:
@@ -28,23 +32,33 @@ def _get_attr(gm: fx.GraphModule, name: str, value: torch.Tensor) -> fx.Node:
     return gm.graph.get_attr(name)
 
 
-def fit_weight(weight: torch.Tensor, config: QuantConfig) -> UniformParams:
-    """Per-output-channel (or per-tensor) parameters for a Linear/Conv weight."""
+def activation_max(node: fx.Node) -> int:
+    """The largest unsigned code a GEMM input can carry into onnxruntime's int8 kernel: a uniform
+    quantizer's qmax (int8 codes count 128 more); anything else could reach 255."""
+    if node.op == "call_function" and node.target is torch.ops.fxquant.fake_quant.default:
+        qmin, qmax = node.args[3], node.args[4]
+        return qmax if qmin >= 0 else qmax + 128
+    return target.FULL_RANGE_ACTIVATION_MAX
+
+
+def fit_weight(weight: torch.Tensor, config: QuantConfig, bits: int) -> UniformParams:
+    """Per-output-channel (or per-tensor) `bits`-bit parameters for a Linear/Conv weight."""
     spec = config.roles[roles.WEIGHT]
     rows = weight.detach().reshape(weight.shape[0], -1).T  # (fan_in, out): channels last
     if not spec.per_channel:
         rows = rows.reshape(-1)
-    params = search.fit(spec.observer, rows, rows.amin(0), rows.amax(0),
-                        config.bits_for(spec), spec.symmetric)
+    params = search.fit(spec.observer, rows, rows.amin(0), rows.amax(0), bits, spec.symmetric)
     # An asymmetric (unsigned) grid moves to the signed range, same grid, so codes fit int8/int4.
-    shift = params.qmin - qrange(config.bits_for(spec), signed=True)[0] if params.qmin >= 0 else 0
+    shift = params.qmin - qrange(bits, signed=True)[0] if params.qmin >= 0 else 0
     return UniformParams(params.scale, params.zero_point - shift, params.qmin - shift,
                          params.qmax - shift, axis=0)
 
 
 def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> None:
     module = patterns.module_of(gm, node)
-    params = fit_weight(module.weight, config)
+    bits = target.weight_bits(config.bits_for(config.roles[roles.WEIGHT]),
+                              activation_max(node.args[0]), config.target)
+    params = fit_weight(module.weight, config, bits)
     codes = quantize_codes(module.weight.detach(), params.scale, params.zero_point,
                            params.qmin, params.qmax, axis=0).to(torch.int8)
     graph = gm.graph
@@ -62,6 +76,7 @@ def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -
                                                  module.padding, module.dilation, module.groups))
     new.meta[roles.WEIGHT_KEY] = True
     new.meta[FLOAT_WEIGHT_KEY] = module.weight.detach()
+    new.meta[WEIGHT_RANGE_KEY] = (params.qmin, params.qmax)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
 

@@ -36,7 +36,7 @@ from fxquant.config import QuantConfig
 from fxquant.data import batch_inputs
 from fxquant.errors import FxQuantError
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, fit_weight
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
 from fxquant.quantizers.uniform import MIN_SCALE, broadcast_shape
 
 # QDrop's schedule is 20,000 iterations per block at learning rates 1e-3 / 4e-5; ours is 20 times
@@ -153,30 +153,30 @@ def _resolve(module: fx.GraphModule, arg):
 class _TrainableBlock:
     """A block module whose quantizers are replaced in place by trainable ones."""
 
-    def __init__(self, module: fx.GraphModule, config: QuantConfig, drop: _Dropper):
+    def __init__(self, module: fx.GraphModule, drop: _Dropper):
         self.module, self.drop = module, drop
         self.roundings: dict[str, _LearnedRounding] = {}   # weight-codes buffer -> rounding
         self.steps: dict[str, _LearnedStep] = {}           # scale buffer -> learned step
         graph = module.graph
         for node in list(graph.nodes):
             if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
-                self._replace_weight(node, config)
+                self._replace_weight(node)
             elif is_activation_quantizer(node):
                 self._replace_activation(node)
         graph.eliminate_dead_code(lambda n: n.op != "get_attr"
                                   and n.target is not torch.ops.fxquant.dequantize.default)
         module.recompile()
 
-    def _replace_weight(self, node: fx.Node, config: QuantConfig) -> None:
-        if FLOAT_WEIGHT_KEY not in node.meta:
+    def _replace_weight(self, node: fx.Node) -> None:
+        if FLOAT_WEIGHT_KEY not in node.meta or WEIGHT_RANGE_KEY not in node.meta:
             raise FxQuantError(f"{node.name} carries no float weight: recon needs a model quantized "
                                "by this version of fxquant")
         dq = node.args[1]
         codes, scale, zero_point = (_resolve(self.module, a) for a in dq.args[:3])
         weight = node.meta[FLOAT_WEIGHT_KEY]
-        params = fit_weight(weight[:1], config)  # the code range only: it ignores the values
+        qmin, qmax = node.meta[WEIGHT_RANGE_KEY]  # the code range the quantize pass used
         rounding = _LearnedRounding(weight.to(scale.device), scale, zero_point, dq.args[3],
-                                    params.qmin, params.qmax)
+                                    qmin, qmax)
         self.roundings[dq.args[0].target] = rounding
         name = f"recon_{node.name}_weight"
         self.module.add_submodule(name, rounding)
@@ -319,7 +319,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
     bar = tqdm(total=len(q_blocks) * opts["recon_iters"], desc="reconstructing", leave=False)
     for i, (qb, fb) in enumerate(zip(q_blocks, f_blocks)):
         targets = _run_block(block_module(reference, fb), fb, f_cache)
-        block = _TrainableBlock(block_module(gm, qb), config, drop)
+        block = _TrainableBlock(block_module(gm, qb), drop)
         if block.roundings or block.steps:
             seconds = None if budget is None else \
                 max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)

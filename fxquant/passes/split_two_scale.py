@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from fxquant import roles
 from fxquant.config import QuantConfig
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
+from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
 
 TWO_SCALE = torch.ops.fxquant.two_scale_quant.default
 REGION = torch.ops.fxquant.two_scale_region.default
@@ -29,7 +29,7 @@ def _split_linear(graph: fx.Graph, linear: fx.Node, parts: list[fx.Node]) -> Non
                     for i, part in enumerate(parts)]
         total = graph.call_function(operator.add, tuple(products))
     for product in products:
-        product.meta.update({k: linear.meta[k] for k in (roles.WEIGHT_KEY, FLOAT_WEIGHT_KEY)
+        product.meta.update({k: linear.meta[k] for k in (roles.WEIGHT_KEY, FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY)
                              if k in linear.meta})
     linear.replace_all_uses_with(total)
     graph.erase_node(linear)

@@ -4,8 +4,12 @@ Per token, with x̂_c = (q_c − zp) · 2^α_c (integers on the one input grid s
     Σx̂, Σx̂² in int64;  V = C·Σx̂² − (Σx̂)² = C²·var / s²;  D = sqrt(V) = C·σ / s
     A_c = (C / D) · γ_c / s_out = sign · M / 2^N  with N = clip(7 − ⌊log2|A_c|⌋, 0, 31),
                                                     M = clip(⌊|A_c|·2^N⌋, 0, 255)
-    B_c = round((β_c / s_out − (Σx̂ / D) · γ_c / s_out) · 2^N)       (Σx̂ / D = μ / σ)
+    B_c = round(β_c / s_out · 2^N − sign·M·(Σx̂ / C))
     y_c = round((sign·M·x̂_c + B_c) / 2^N),   codes = clip(y_c + zp_out, qmin, qmax)
+so y_c = round(sign·M/2^N·(x̂_c − μ) + β_c / s_out) with μ = Σx̂ / C, to within half a step,
+and M/2^N is within |A|/128 of |A|: an error of 1/128 of the normalized output. (FQ-ViT's
+B = round((β/s_out − μ·A)·2^N) subtracts the mean with A, not M/2^N: the error then grows with
+x̂_c itself, several output steps when the channels share an offset.)
 A token whose channels are all equal (V = 0, NaN in FQ-ViT) gets y = round(β / s_out), LayerNorm's
 limit. ε is ignored, as in FQ-ViT. The ONNX lowering reads the input codes with QuantizeLinear and
 does the sums in int64 (exact); D, A, M, N, B and y are float32, as in FQ-ViT's own code (sqrt
@@ -39,12 +43,11 @@ def int_layer_norm(x: torch.Tensor, in_scale: torch.Tensor, in_zero_point: torch
     d = torch.sqrt(var.float())
     g, h = weight / out_scale, bias / out_scale
     a = g * (c / d)
-    m = s1.float() / d
     n = len(_N_POWERS) - torch.bucketize(a.abs(), torch.tensor(_N_POWERS, device=x.device), right=True)
     p = torch.exp2(n.float())
-    mult = torch.clamp(torch.floor(a.abs() * p), 0, 2 ** M_BITS - 1)
-    b = torch.round((h - m * g) * p)
-    y = torch.round((torch.sign(a) * mult * xq.float() + b) / p)
+    mult = torch.sign(a) * torch.clamp(torch.floor(a.abs() * p), 0, 2 ** M_BITS - 1)
+    b = torch.round(h * p - mult * (s1.float() / c))
+    y = torch.round((mult * xq.float() + b) / p)
     y = torch.where(var == 0, torch.round(h), y)
     zp = out_zero_point.to(y.dtype)
     return (torch.clamp(y + zp, qmin, qmax) - zp) * out_scale
@@ -77,15 +80,16 @@ def int_layer_norm_onnx(x, in_scale, in_zero_point, shift, weight, bias, out_sca
     d = op.Sqrt(op.Cast(var, to=f32))
     g, h = op.Div(weight, out_scale), op.Div(bias, out_scale)
     a = op.Mul(g, op.Div(op.Constant(value_float=float(c)), d))
-    m = op.Div(op.Cast(s1, to=f32), d)
     a_abs = op.Abs(a)
     n = op.ReduceSum(op.Cast(op.Less(op.Unsqueeze(a_abs, last), op.Constant(value_floats=_N_POWERS)),
                              to=i64), last, keepdims=0)
     p = op.Gather(float_powers, n)
     mult = op.Clip(op.Floor(op.Mul(a_abs, p)), op.Constant(value_float=0.0),
                    op.Constant(value_float=float(2 ** M_BITS - 1)))
-    b = op.Round(op.Mul(op.Sub(h, op.Mul(m, g)), p))
-    y = op.Round(op.Div(op.Add(op.Mul(op.Mul(op.Sign(a), mult), op.Cast(xq, to=f32)), b), p))
+    signed_mult = op.Mul(op.Sign(a), mult)
+    mean = op.Div(op.Cast(s1, to=f32), op.Constant(value_float=float(c)))
+    b = op.Round(op.Sub(op.Mul(h, p), op.Mul(signed_mult, mean)))
+    y = op.Round(op.Div(op.Add(op.Mul(signed_mult, op.Cast(xq, to=f32)), b), p))
     y = op.Where(op.Equal(var, op.Constant(value_int=0)), op.Round(h), y)
     dtype = _code_type(qmin)
     zp = op.Cast(out_zero_point, to=f32)

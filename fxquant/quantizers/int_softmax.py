@@ -1,14 +1,19 @@
 """Integer softmax (I-BERT's i-exp) on quantized logits, and FQ-ViT's Log-Int-Softmax (LIS).
 
 i-exp on the logits' integer codes x (grid s_a), per row: x ← u·x (u a power of two, 1 unless
-s_a > ln2/4: then the codes are shifted onto the grid s = s_a/u so that ln2 spans at least 4 of
-them, else a 4-bit grid would give exp = 0), x ← x − max x (≤ 0), x ← max(x, n·x0),
+s_a > ln2/256: then the codes are shifted onto the grid s = s_a/u so that ln2 spans at least 256
+of them), x ← x − max x (≤ 0), x ← max(x, n·x0),
     x0 = ⌊−ln2 / s⌋, k = ⌊x / x0⌋, r = x − k·x0, z = r·(r + ⌊(b/a)/s⌋) + ⌊(1/a)/s²⌋,
-    e = z · 2^(n − k)        (a, b = 0.35815147, 0.96963238; n = 30, less if int64 could overflow)
-all in int64, exact. Then either
+    e = z · 2^(n − k)        (a, b = 0.35815147, 0.96963238; n ≤ 30 as int64 allows, 24 … 26 on
+                              the fine grid)
+all in int64, exact. Each halving 2^−k stands for exp(k·x0·s), x0·s within s of −ln2: on a coarse
+grid (ln2 spanning 4 codes: up to 19 %) each octave below the row's maximum would sharpen the
+softmax by that much; on ln2 / 256 by at most 0.3 %, about the 0.33 % of I-BERT's quadratic.
+Then either
 - `int_softmax`: e / Σe in float32, quantized by the uniform post-Softmax quantizer that follows;
-- `lis_attention` (LIS, ≤ 4 bits): ratio = round(Σe / e), code = Σ_{j=1}^{2^b} [ratio ≥ 0.75·2^j]
-  (nearest power of two with the linear midpoint), attention 2^−code, 0 where code = 2^b; fused
+- `lis_attention` (LIS, ≤ 4 bits): code = Σ_{j=1}^{2^b} [Σe / e ≥ 0.75·2^j] (nearest power of
+  two with the linear midpoint, exactly: ⌊2Σe / e⌋ ≥ 3·2^(j−1); FQ-ViT rounds Σe / e first, which
+  moves e.g. 2.6 to code 2), attention 2^−code, 0 where code = 2^b; fused
   with the A·V product that reads it. Its levels are a log2 quantizer's (`log2.LogParams`, Δ = 1):
   uint8 powers of two in branches of 8 codes, so ONNX computes A·V as Σ_branch MatMul(DQ(uint8
   branch, 2^−(8g+7)), V): exact integer products, no BitShift.
@@ -19,7 +24,7 @@ A padding mask (scores + mask before the Softmax, mask 0 or about -3.4e38) is an
 not part of its logits: the logit grid is fitted on the scores alone, and the mask joins in codes,
 m = round(max(mask, FLOOR·s) / s) with FLOOR = n·x0 − 256·u (True/False masks: 0 / FLOOR). A masked
 position then lies at least n·x0 below the row's largest code, where i-exp stops: it weighs 2^−n
-of the largest (≈ 1e−9 at n = 30), which the post-Softmax quantizer rounds to 0.
+of the largest (about 6e−8 at n = 24), which the post-Softmax quantizer rounds to 0.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from fxquant.quantizers.log2 import LogParams, levels
 
 COEFFS = (0.35815147, 0.96963238, 1.0)   # I-BERT's a·(x + b/a)² + c/a fit of exp on (−ln2, 0]
 N_EXP = 30
+LN2_CODES = 256                          # the fine grid s ≤ ln2 / LN2_CODES
 MAX_ROW = 1 << 16                        # the int64 bound assumes rows of at most this many logits
 LIS_MAX_BITS = 4                         # FQ-ViT's LIS; more attention bits stay uniform (8/8/8)
 
@@ -53,13 +59,13 @@ class ExpConstants:
         a, b, c = COEFFS
         if not scale > 0 or not math.isfinite(scale):
             raise FxQuantError(f"integer softmax needs a positive logit scale, got {scale}")
-        up = 1 << max(0, math.ceil(math.log2(scale / (math.log(2) / 4))))
+        up = 1 << max(0, math.ceil(math.log2(scale / (math.log(2) / LN2_CODES))))
         scale = scale / up
         x0, b_int = math.floor(-math.log(2) / scale), math.floor(b / a / scale)
         c_int = math.floor(c / a / scale ** 2)
         if min(r * (r + b_int) + c_int for r in range(x0 + 1, 1)) < 1:
             raise FxQuantError(f"logit scale {scale} is too coarse for the integer softmax (exp would be 0)")
-        # z ≤ c_int, so Σ_row e < MAX_ROW · c_int · 2^n must stay below 2^62 (2Σ + e below 2^63).
+        # z ≤ c_int, so Σ_row e < MAX_ROW · c_int · 2^n must stay below 2^62 (2Σ below 2^63).
         n = min(N_EXP, 62 - MAX_ROW.bit_length() - c_int.bit_length())
         if n < 1:
             raise FxQuantError(f"logit scale {scale} is too fine for a 64-bit integer softmax")
@@ -111,13 +117,13 @@ def _(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask=None):
 
 
 def ratio_thresholds(n_levels: int) -> list[int]:
-    """round(Σe/e) ≥ 0.75·2^j for an integer ratio: ratio ≥ ⌈0.75·2^j⌉, j = 1 .. n_levels."""
-    return [math.ceil(0.75 * 2 ** j) for j in range(1, n_levels + 1)]
+    """Σe/e ≥ 0.75·2^j ⇔ ⌊2Σe/e⌋ ≥ 3·2^(j−1) (an integer), j = 1 .. n_levels."""
+    return [3 * 2 ** (j - 1) for j in range(1, n_levels + 1)]
 
 
 def lis_index(e: torch.Tensor, total: torch.Tensor, n_levels: int) -> torch.Tensor:
     """Level index m = n_levels − code of a log2 level table (0 = masked, n_levels = 2^0)."""
-    ratio = torch.div(2 * total + e, 2 * e, rounding_mode="floor")
+    ratio = torch.div(2 * total, e, rounding_mode="floor")
     code = torch.bucketize(ratio, torch.tensor(ratio_thresholds(n_levels), device=e.device), right=True)
     return n_levels - code
 
@@ -194,7 +200,7 @@ def lis_attention_onnx(x, v, scale, zero_point, codes, scales, qmin: int,
     n_levels = codes.shape[1] - 1
     e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask)
     two = op.Constant(value_int=2)
-    ratio = op.Div(op.Add(op.Mul(two, total), e), op.Mul(two, e))    # positive: truncation = floor
+    ratio = op.Div(op.Mul(two, total), e)    # positive: truncation = floor
     above = op.GreaterOrEqual(op.Unsqueeze(ratio, op.Constant(value_ints=[-1])),
                               op.Constant(value_ints=ratio_thresholds(n_levels)))
     code = op.ReduceSum(op.Cast(above, to=ir.DataType.INT64), op.Constant(value_ints=[-1]), keepdims=0)

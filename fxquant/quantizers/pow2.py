@@ -1,6 +1,7 @@
 """PTF (FQ-ViT's Power-of-Two Factor): per-channel grids 2^α_c · s on one layer scale s, one zero point.
 
-    s = (max X − min X) / (2^b − 1) / 2^K,   zp = clip(round(−min X / (2^K s)), 0, 2^b − 1)
+    s = (max X − min X) / (2^b − 1) / 2^K,   zp = round(−min X / (2^K s))
+    (min X ≤ 0 ≤ max X: the range is widened to contain 0, so zp is in 0 … 2^b − 1)
     α_c = argmin_{α ∈ 0..K} ‖X_c − fq(X_c; 2^α s, zp)‖²       (first minimum: the finer grid)
     q = clip(round(x_c / (2^α_c s)) + zp, 0, 2^b − 1),   x̂ = (q − zp) · 2^α_c · s
 
@@ -64,12 +65,13 @@ class PTFParams:
 
 
 def fit(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, k: int = K) -> PTFParams:
-    """The K-candidate search on `samples` (N, C), with the layer range [lo, hi]."""
+    """The K-candidate search on `samples` (N, C), with the layer range [lo, hi] widened to contain
+    0 (else the zero point clamps and the widest grid misses the range)."""
     qmin, qmax = qrange(bits, signed=False)
-    lo, hi = torch.minimum(lo, hi).float(), torch.maximum(lo, hi).float()
+    lo, hi = torch.minimum(lo, hi).float().clamp_max(0), torch.maximum(lo, hi).float().clamp_min(0)
     widest = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE * 2 ** k)
     scale = widest / 2 ** k
-    zero_point = torch.clamp(torch.round(-lo / widest), qmin, qmax).to(torch.int32)
+    zero_point = torch.round(-lo / widest).to(torch.int32)
     errors = torch.stack([(fake_quantize(samples, scale * 2 ** a, zero_point, qmin, qmax) - samples)
                           .pow(2).sum(0) for a in range(k + 1)])
     return PTFParams(scale, zero_point, errors.argmin(0).to(torch.int32), qmin, qmax)

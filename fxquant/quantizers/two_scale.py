@@ -4,7 +4,7 @@ LayerNorm inputs.
 V-2SF: two uniform regions whose scales differ by a power of two, b bits in all.
 
 A b-bit code is a region bit plus (b − 1) magnitude bits. With the fine scale s_S and the coarse
-scale s_L = 2^m·s_S (m ≥ 1):
+scale s_L = 2^m·s_S (1 ≤ m ≤ b − 1; m ≤ b − 2 for a signed small region, so that x̂ is monotone):
 
     q_S = round(x / s_S)
     region S if q_S ≤ hi_S:  x̂ = clamp(q_S, lo_S, hi_S) · s_S
@@ -23,11 +23,12 @@ outlier channels O = {c : R_c > λ·median R} get the scale s_O = 2^k·s_N, the 
 
     s_N = range(N) / (2^b − 1),   k = ⌈log2(range(O) / range(N))⌉,   zp_G = round(−min(G) / s_G)
 
-where range(G) = max over the group's channels − min over them, and each group G ∈ {N, O} has its
-own zero point, so each covers its whole range (the spec's s_N = max R_c / (2^b − 1) with one zero
-point shared as in PTF clips channels offset from each other, and normal channels whenever the
-global minimum belongs to them). The result is a two-level PTF (`pow2.PTFParams`, shift α_c ∈
-{0, k}, zero point per channel): the same op, ONNX lowering and integer LayerNorm.
+where range(G) = max over the group's channels − min over them, both widened to contain 0 so that
+zp_G is a code, and each group G ∈ {N, O} has its own zero point, so each covers its whole range
+(the spec's s_N = max R_c / (2^b − 1) with one zero point shared as in PTF clips channels offset
+from each other, and normal channels whenever the global minimum belongs to them). The result is
+a two-level PTF (`pow2.PTFParams`, shift α_c ∈ {0, k}, zero point per channel): the same op, ONNX
+lowering and integer LayerNorm.
 """
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def region_ranges(bits: int, signed: bool) -> tuple[int, int, int]:
     if signed:
         return -(2 ** (bits - 2)), 2 ** (bits - 2) - 1, top
     return 0, top, top
+
+
+def shift_range(bits: int, signed: bool) -> range:
+    """The shifts m that keep x̂ monotone: region L's first level 2^m·s_S·round((hi_S + ½) / 2^m)
+    must not fall below hi_S·s_S, so m ≤ b − 1, and m ≤ b − 2 with a signed small region (else
+    values just above it round to 0)."""
+    return range(1, bits - int(signed))
 
 
 @torch.library.custom_op("fxquant::two_scale_quant", mutates_args=())
@@ -101,9 +109,10 @@ class TwoScaleParams:
     @classmethod
     def make(cls, bits: int, coarse_scale: float, shift: int, signed: bool) -> "TwoScaleParams":
         lo, hi, top = region_ranges(bits, signed)
-        if not 1 <= shift <= bits - 1:
-            raise FxQuantError(f"two-scale shift m must be in 1 … {bits - 1} for {bits} bits, "
-                               f"not {shift}")
+        shifts = shift_range(bits, signed)
+        if shift not in shifts:
+            raise FxQuantError(f"two-scale shift m must be in 1 … {shifts[-1]} for {bits} "
+                               f"{'signed' if signed else 'unsigned'} bits, not {shift}")
         if not coarse_scale > 0 or not math.isfinite(coarse_scale):
             raise FxQuantError(f"two-scale quantization needs a positive finite scale, "
                                f"got {coarse_scale}")
@@ -129,11 +138,12 @@ class TwoScaleParams:
 
 def fit(samples: torch.Tensor, candidate_highs, bits: int, signed: bool,
         shifts=None) -> TwoScaleParams:
-    """The (s_L = high / M, m) with the least MSE on `samples`; m over 1 … b − 1 unless fixed."""
+    """The (s_L = high / M, m) with the least MSE on `samples`; m over `shift_range` unless
+    fixed."""
     _, _, top = region_ranges(bits, signed)
     best, best_err = None, math.inf
     for high in candidate_highs:
-        for shift in shifts or range(1, bits):
+        for shift in shifts or shift_range(bits, signed):
             params = TwoScaleParams.make(bits, float(high) / top, shift, signed)
             err = (params.fake_quantize(samples) - samples).pow(2).mean().item()
             if err < best_err:
@@ -159,21 +169,24 @@ def fit_observer(observer, spec, bits: int) -> TwoScaleParams:
 
 def fit_outlier_channels(lo: torch.Tensor, hi: torch.Tensor, bits: int,
                          ratio: float = OUTLIER_RATIO) -> PTFParams:
-    """O-2SF from per-channel calibration ranges [lo_c, hi_c] (channels last)."""
+    """O-2SF from per-channel calibration ranges [lo_c, hi_c] (channels last); each group's range
+    is widened to contain 0, so its zero point is a code and its grid covers the group."""
     qmin, qmax = qrange(bits, signed=False)
     lo, hi = torch.minimum(lo, hi).float(), torch.maximum(lo, hi).float()
     spread = hi - lo
     outlier = spread > ratio * spread.median()
     normal = ~outlier
-    fine = ((hi[normal].max() - lo[normal].min()) / (qmax - qmin)).clamp_min(MIN_SCALE)
-    k, group_lo = 0, lo[normal].min()
+    group_lo, group_hi = lo[normal].min().clamp_max(0), hi[normal].max().clamp_min(0)
+    fine = ((group_hi - group_lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
+    k = 0
     if outlier.any():
-        wide = (hi[outlier].max() - lo[outlier].min()) / (qmax - qmin)
+        outlier_lo = lo[outlier].min().clamp_max(0)
+        wide = (hi[outlier].max().clamp_min(0) - outlier_lo) / (qmax - qmin)
         k = max(1, math.ceil(math.log2(wide.item() / fine.item())))
-        group_lo = torch.where(outlier, lo[outlier].min(), group_lo)
+        group_lo = torch.where(outlier, outlier_lo, group_lo)
     shift = torch.where(outlier, k, 0).to(torch.int32)
     zero_point = torch.round(-group_lo / (fine * torch.exp2(shift.float())))
-    return PTFParams(fine, zero_point.clamp(qmin, qmax).to(torch.int32), shift, qmin, qmax)
+    return PTFParams(fine, zero_point.to(torch.int32), shift, qmin, qmax)
 
 
 def fit_outlier_observer(observer, spec, bits: int) -> PTFParams:

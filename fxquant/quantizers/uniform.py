@@ -101,18 +101,22 @@ class UniformParams:
 
 def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool,
                       axis: int = -1, narrow: bool = False) -> UniformParams:
-    """Grid covering [lo, hi] (per channel when lo/hi are vectors)."""
+    """Grid covering [lo, hi] (per channel when lo/hi are vectors) to within half a step.
+
+    An asymmetric range is first widened to contain 0, as runtimes expect of a zero point: a range
+    away from 0 (e.g. [100, 101]) would otherwise clamp the zero point and the grid miss the range.
+    """
     lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
     if symmetric:
         qmin, qmax = qrange(bits, signed=True, narrow=narrow)
-        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
+        scale = (torch.maximum(lo.abs(), hi.abs()) / qmax).clamp_min(MIN_SCALE)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
         qmin, qmax = qrange(bits, signed=False)
-        scale = (hi - lo) / (qmax - qmin)
-        scale = scale.clamp_min(MIN_SCALE)
-        zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
-    return UniformParams(scale.clamp_min(MIN_SCALE).float(), zero_point, qmin, qmax, axis)
+        lo, hi = lo.clamp_max(0), hi.clamp_min(0)
+        scale = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
+        zero_point = (qmin - torch.round(lo / scale)).to(torch.int32)
+    return UniformParams(scale.float(), zero_point, qmin, qmax, axis)
 
 
 def fake_quant_onnx(x, scale, zero_point, qmin: int, qmax: int, axis: int):

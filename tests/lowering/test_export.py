@@ -3,12 +3,14 @@ from collections import Counter
 from dataclasses import replace
 
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 from torch import nn
 
 import fxquant
 from fxquant import FxQuantError, config
+from fxquant.lowering import export
 from fxquant.lowering.parity import agreement
 from fxquant.lowering.runtime import OnnxModule, session
 
@@ -117,3 +119,29 @@ def test_wrong_example_shape_or_nan_leaves_nothing(exported, tmp_path):
     with pytest.raises(FxQuantError, match="NaN"):
         fxquant.export_onnx(qmodel, tmp_path / "m.onnx", nan)
     assert list(tmp_path.iterdir()) == []
+
+
+def _corrupt_one_weight_scale(model):
+    """An export bug on purpose: one weight's scale doubled in the file only."""
+    scale = next(v for v in model.graph.initializers.values() if v.name.endswith("weight_scale"))
+    scale.const_value = ir.tensor(scale.const_value.numpy() * 2)
+    return model
+
+
+def test_a_file_that_disagrees_with_pytorch_is_refused(exported, tmp_path, monkeypatch):
+    optimize = export.optimize_for_onnxruntime
+    monkeypatch.setattr(export, "optimize_for_onnxruntime",
+                        lambda m: _corrupt_one_weight_scale(optimize(m)))
+    x = torch.randn(4, 3, 32, 32)
+    with pytest.raises(FxQuantError, match=r"disagrees with fxquant's PyTorch numerics .* relative error"):
+        fxquant.export_onnx(exported[1], tmp_path / "m.onnx", x)
+    assert list(tmp_path.iterdir()) == []
+    fxquant.export_onnx(exported[1], tmp_path / "m.onnx", x, verify=False)  # the caller opts out
+    assert (tmp_path / "m.onnx").exists()
+
+
+def test_the_export_agrees_within_its_tolerance_on_other_inputs(exported):
+    bits, qmodel, path = exported
+    x = torch.randn(8, 3, 32, 32)
+    error = export.relative_error(qmodel(x), OnnxModule(path)(x))
+    assert error <= qmodel.config.export_tolerance

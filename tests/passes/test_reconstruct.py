@@ -49,7 +49,7 @@ def _structure(gm):
 
 
 def test_reconstruction_lowers_the_error_and_keeps_the_structure():
-    _, calib, cfg, qmodel = _setup(recon_iters=100)
+    _, calib, cfg, qmodel = _setup(recon_iters=300)
     reference = float_reference(qmodel)
     before, structure = _error(qmodel, reference, calib), _structure(qmodel)
     buffers = {k: v.clone() for k, v in qmodel.named_buffers()}
