@@ -18,6 +18,7 @@ from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PEERS, PeerInputs
 from fxquant.errors import FxQuantError
 from fxquant.evaluate import top1
+from fxquant.lowering import saturation
 from fxquant.lowering.export import export_onnx
 from fxquant.lowering.runtime import OnnxModule
 
@@ -72,6 +73,7 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
         return row
     try:
         path = export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", example)
+        row["gemms_saturating_without_vnni"] = len(saturation.saturating(path))
         row["onnx_top1"] = top1(OnnxModule(path), work.test, f"{recipe} {bits} (onnxruntime)")
     except Exception as e:
         row["onnx_error"] = _error(e)
@@ -85,6 +87,8 @@ def _peer_row(peer, inputs: PeerInputs, work: workload.Workload) -> dict:
         model = peer.build(inputs)
         row["convert_seconds"] = round(time.perf_counter() - start, 2)
         row["top1"] = top1(model, work.test, f"{peer.name} {peer.bits}")
+        if isinstance(model, OnnxModule):  # what a CPU without VNNI would get wrong in that file
+            row["gemms_saturating_without_vnni"] = len(saturation.saturating(model.path))
     except Exception as e:
         row["error"] = _error(e)
     return row
@@ -148,6 +152,12 @@ def markdown(r: dict) -> str:
              f"{r['calib_images']} calibration images ({r['calib_data']}); FP32 "
              f"{_pct(r['fp32_top1'])} in PyTorch, {_pct(r['fp32_onnx_top1'])} in onnxruntime",
              "", *head, *rows]
+    saturating = [f"{x.get('recipe', x.get('name'))} {x['bits']}: {x['gemms_saturating_without_vnni']}"
+                  for x in (*r["results"], *r["peers"]) if "gemms_saturating_without_vnni" in x]
+    lines += ["", f"fxquant target {r['target']}; CPU: {r['cpu_model']} ({r['cpu_kind']})."]
+    if saturating:
+        lines[-1] += (" Integer GEMMs that can saturate on x86 without VNNI (lowering/saturation.py): "
+                      + ", ".join(saturating))
     if errors:
         lines += ["", "Errors:", *errors]
     if seconds:

@@ -208,7 +208,8 @@ def markdown(r: dict) -> str:
                                 "onnx_top1": _fraction(x["onnx"])} for x in r["results"]],
                    "peers": [{**p, "top1": _fraction(p.get("onnx"))} for p in r["peers"]],
                    **dict.fromkeys(("model", "eval_images", "test_data", "calib_images", "calib_data",
-                                    "fp32_top1", "fp32_onnx_top1"))}
+                                    "fp32_top1", "fp32_onnx_top1")),
+                   **{k: r.get(k) for k in ("target", "cpu_model", "cpu_kind")}}
     table = accuracy.markdown(as_accuracy).split("\n", 1)[1]
     fp32 = f"FP32 {r['fp32']:.2f} in PyTorch" + (
         f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")

@@ -51,8 +51,7 @@ def test_branched_attention_multiplies_v_on_integer_kernels(recipe, ref, calib_l
                                                             tmp_path):
     """At 4 bits log√2 (repq-vit) and TanQ (dopq-vit) hold A as two uint8 branches: A·V must run
     as two integer MatMuls, not one float MatMul, and the export still agree."""
-    cfg = config.resolve(recipe, "w4a4")
-    cfg = replace(cfg, options={**cfg.options, "recon_iters": 2})  # dopq-vit's reconstruction, short
+    cfg = replace(config.resolve(recipe, "w4a4"), refine=())  # the attention quantizer alone
     qmodel = fxquant.convert(ref.model, calib_loader, cfg)
     path = fxquant.export_onnx(qmodel, tmp_path / "q.onnx", torch.randn(1, 3, 32, 32))
     session(path, optimized_path=tmp_path / "optimized.onnx")
@@ -129,6 +128,8 @@ def _corrupt_one_weight_scale(model):
 
 
 def test_a_file_that_disagrees_with_pytorch_is_refused(exported, tmp_path, monkeypatch):
+    if exported[0] != "w8a8":
+        pytest.skip("one bit-width shows it")
     optimize = export.optimize_for_onnxruntime
     monkeypatch.setattr(export, "optimize_for_onnxruntime",
                         lambda m: _corrupt_one_weight_scale(optimize(m)))
