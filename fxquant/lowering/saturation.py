@@ -50,16 +50,29 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def _codes(value: ir.Value) -> ir.Value | None:
-    """The integer codes a DequantizeLinear turns into `value` (through a widening Cast)."""
+def _dtype(value: ir.Value) -> ir.DataType | None:
+    """A value's type; a QuantizeLinear output without type information (files written without
+    value_info) has its zero point's type, uint8 when it has none (the ONNX default)."""
+    node = value.producer()
+    if value.dtype is not None or node is None or node.op_type != "QuantizeLinear":
+        return value.dtype
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        return node.inputs[2].dtype
+    return ir.DataType(node.attributes.get_int("output_dtype", ir.DataType.UINT8))
+
+
+def _codes(value: ir.Value) -> tuple[ir.Value, ir.DataType] | None:
+    """The integer codes a DequantizeLinear turns into `value` (through a widening Cast), and
+    their type."""
     node = value.producer()
     if node is None or node.op_type != "DequantizeLinear":
         return None
     codes = node.inputs[0]
     source = codes.producer()
-    if source is not None and source.op_type == "Cast" and source.inputs[0].dtype in _CODE_TYPES:
+    if source is not None and source.op_type == "Cast" and _dtype(source.inputs[0]) in _CODE_TYPES:
         codes = source.inputs[0]
-    return codes if codes.dtype in _CODE_TYPES else None
+    dtype = _dtype(codes)
+    return (codes, dtype) if dtype in _CODE_TYPES else None
 
 
 def _clip_max(value: ir.Value) -> float | None:
@@ -76,10 +89,10 @@ def _clip_max(value: ir.Value) -> float | None:
     return None
 
 
-def _activation_max(codes: ir.Value) -> int:
+def _activation_max(codes: ir.Value, dtype: ir.DataType) -> int:
     """The largest unsigned code a GEMM input can reach (int8 codes count 128 more, as a
     u8 x s8 kernel sees them); 255 unless a constant or a clipped QuantizeLinear says less."""
-    offset = 128 if codes.dtype in (ir.DataType.INT8, ir.DataType.INT4) else 0
+    offset = 128 if dtype in (ir.DataType.INT8, ir.DataType.INT4) else 0
     constant = _const(codes)
     if constant is not None:
         return int(constant.max()) + offset
@@ -113,12 +126,12 @@ def _pair_range(columns: np.ndarray, activation_max: int) -> tuple[int, int]:
 
 
 def _check_node(node: ir.Node) -> GemmCheck | None:
-    a_codes, b_codes = (_codes(v) if v is not None else None for v in node.inputs[:2])
-    if a_codes is None or b_codes is None:
+    a, b = (_codes(v) if v is not None else None for v in node.inputs[:2])
+    if a is None or b is None:
         return None  # a float input: onnxruntime runs it in float
-    activation_max = _activation_max(a_codes)
-    weight = _const(b_codes)
-    signed = b_codes.dtype in (ir.DataType.INT8, ir.DataType.INT4)
+    activation_max = _activation_max(*a)
+    weight = _const(b[0])
+    signed = b[1] in (ir.DataType.INT8, ir.DataType.INT4)
     if weight is None:  # two activations: the codes' type bounds them
         weight = np.array([[-128], [127]] if signed else [[0], [255]], dtype=np.int64)
     columns = _reduction_columns(node, weight) if weight.ndim >= 2 else weight.reshape(-1, 1)

@@ -155,3 +155,26 @@ def test_a_portable_export_that_could_saturate_is_refused(ref, calib_loader, tmp
     with pytest.raises(fxquant.FxQuantError, match="could saturate on CPUs without VNNI"):
         fxquant.export_onnx(qmodel, tmp_path / "q.onnx", torch.randn(2, 3, 32, 32))
     assert list(tmp_path.iterdir()) == []
+
+
+def _qdq_matmul(w: np.ndarray) -> onnx.ModelProto:
+    """x -> QuantizeLinear (no zero point: uint8) -> DequantizeLinear -> MatMul(DQ(int8 w)), with
+    no value_info for the codes: how other tools write QDQ files."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws"), numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, N])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_files_without_type_information_are_checked(tmp_path):
+    rng = np.random.default_rng(2)
+    for (lo, hi), expected in (((-128, 127), 1), ((-64, 63), 0)):
+        onnx.save(_qdq_matmul(rng.integers(lo, hi + 1, (K, N)).astype(np.int8)), tmp_path / "q.onnx")
+        checks = saturation.check(tmp_path / "q.onnx")
+        assert len(checks) == 1 and checks[0].activation_max == 255
+        assert len(saturation.saturating(tmp_path / "q.onnx")) == expected
