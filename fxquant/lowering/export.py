@@ -96,7 +96,8 @@ def _tensors(output) -> list[torch.Tensor]:
 
 
 def relative_error(reference, other) -> float:
-    """||other - reference|| / ||reference|| over every output tensor."""
+    """||other - reference|| / ||reference|| over the output tensors both hold, in order
+    (OnnxModule returns the file's first output)."""
     pairs = list(zip(_tensors(reference), _tensors(other)))
     diff = sum(float((o.float() - r.float()).pow(2).sum()) for r, o in pairs)
     norm = sum(float(r.float().pow(2).sum()) for r, _ in pairs)
