@@ -141,7 +141,9 @@ def _check_node(node: ir.Node) -> GemmCheck | None:
 
 
 def check(model: ir.Model | str | Path) -> list[GemmCheck]:
-    """Every GEMM of `model` whose inputs are both 8-bit codes, with its worst pair sum."""
+    """Every GEMM of a QDQ `model` (MatMul / Gemm / Conv reading two DequantizeLinear outputs,
+    what onnxruntime fuses into its integer kernels) with its worst pair sum. Files already in
+    operator form (QLinearMatMul, MatMulInteger) are not read."""
     if not isinstance(model, ir.Model):
         model = ir.load(str(model))
     checks = (_check_node(n) for n in model.graph.all_nodes() if n.op_type in GEMM_OPS)
