@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
@@ -20,18 +20,23 @@ from fxquant.lowering import saturation
 TARGET_KEY = "fxquant.target"  # metadata: the CPUs the file is exact on (fxquant/target.py)
 
 
+def _target_of(model: ir.Model) -> str | None:
+    return model.metadata_props.get(TARGET_KEY)
+
+
 def file_target(path: str | Path) -> str | None:
     """The target recorded in a file's metadata, None for files fxquant did not write."""
-    model = onnx.load(str(path), load_external_data=False)
-    return next((p.value for p in model.metadata_props if p.key == TARGET_KEY), None)
+    return _target_of(ir.load(str(path)))
 
 
 def saturation_warning(path: str | Path) -> str | None:
-    """Why onnxruntime on this CPU may not compute `path` as fxquant measured it, or None."""
+    """Why onnxruntime on this CPU may not compute `path` as fxquant measured it, or None.
+    The file is read once, and only on a CPU where full-range files are not exact."""
     here = cpu.current()
-    if here.full_range_int8_exact or file_target(path) == target.PORTABLE:
+    if here.full_range_int8_exact:
         return None
-    risky = saturation.saturating(path)
+    model = ir.load(str(path))
+    risky = [] if _target_of(model) == target.PORTABLE else saturation.saturating(model)
     if not risky:
         return None
     return (f"{path}: {len(risky)} integer GEMMs can saturate on this CPU ({here.kind}: its int8 "
