@@ -3,7 +3,7 @@ from fxquant.api import QuantizedModel, convert
 from fxquant.config import QuantConfig, RoleSpec
 from fxquant.errors import FxQuantError
 from fxquant.lowering.export import export_onnx
-from fxquant.report import report
+from fxquant.sqnr import report
 from fxquant.trace import trace
 
 __all__ = ["convert", "export_onnx", "report", "trace", "QuantizedModel", "QuantConfig", "RoleSpec", "FxQuantError"]

@@ -52,3 +52,20 @@ def calibrate(gm: fx.GraphModule, loader: Iterable, max_batches: int | None = No
     if seen == 0:
         raise FxQuantError("the calibration loader is empty: give it at least one batch")
     return seen
+
+
+def graph_inputs(gm: fx.GraphModule, loader: Iterable) -> dict[str, torch.Tensor]:
+    """The calibration set as whole tensors, one per graph input it gives (by placeholder name)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    name_of = {n.target: n.name for n in placeholders}  # keyword -> node name (they may differ)
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        args, kwargs = batch_inputs(batch)
+        named = {**{n.name: a for n, a in zip(placeholders, args)},
+                 **{name_of.get(k, k): v for k, v in kwargs.items()}}
+        for name, value in named.items():
+            chunks.setdefault(name, []).append(value)
+    if not chunks:
+        raise FxQuantError("the calibration loader is empty: give it at least one batch")
+    device = model_device(gm)
+    return {name: torch.cat(values).to(device) for name, values in chunks.items()}

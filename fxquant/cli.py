@@ -78,7 +78,7 @@ def _bench(module, args: argparse.Namespace) -> dict:
 
 
 def _report(args: argparse.Namespace) -> dict:
-    from fxquant.report import markdown, run  # fxquant.report is also the function
+    from fxquant.report_command import markdown, run
     result = run(args)
     print(markdown(result))
     return result
@@ -93,7 +93,9 @@ def _print_result(result: dict, as_json: bool) -> None:
         print(json.dumps(result))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; a benchmark's module (and its optional dependencies: NNCF, transformers) is
+    imported only when `argv` selects that benchmark, so other commands start fast."""
     p = argparse.ArgumentParser(prog="fxquant", description=__doc__)
     sub = p.add_subparsers(dest="command")
     q = sub.add_parser("quantize", help="quantize a model, evaluate it, export ONNX")
@@ -116,13 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: accuracy and speed against the usual tools")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    selected = argv[1] if argv is not None and len(argv) > 1 and argv[0] == "bench" else None
     for name, (module_name, help_text) in BENCHMARKS.items():
-        module = importlib.import_module(f"fxquant.bench.{module_name}")
         b = bench_sub.add_parser(name, help=help_text)
-        module.add_arguments(b)
-        b.set_defaults(run=functools.partial(_bench, module))
+        if argv is None or name == selected:
+            module = importlib.import_module(f"fxquant.bench.{module_name}")
+            module.add_arguments(b)
+            b.set_defaults(run=functools.partial(_bench, module))
 
-    from fxquant.report import add_arguments as report_arguments
+    from fxquant.report_command import add_arguments as report_arguments
     r = sub.add_parser("report", help="per-tensor SQNR and ranges (table + PNG), or plot "
                                       "accuracy against bit-width from `bench accuracy --json`")
     report_arguments(r)
@@ -132,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["quantize", *argv]  # bare options mean the main job
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         result = args.run(args)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxquant import roles
-from fxquant.passes.decompose_sdpa import apply_attention_mask
+from fxquant.attention_mask import apply_attention_mask
 
 _LAYOUT_METHODS = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
                    "roll", "unbind", "chunk", "split", "squeeze", "unsqueeze", "expand"}

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import timm
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, zoo
+from fxquant import FxQuantError, config, zoo
 from fxquant.evaluate import top1
 
 
@@ -54,6 +55,14 @@ def test_unsupported_bits_are_refused(ref, bits):
 def test_unknown_recipe_is_refused(ref):
     with pytest.raises(FxQuantError, match="unknown recipe 'nope'"):
         fxquant.convert(ref.model, [torch.randn(1, 3, 32, 32)], "nope")
+
+
+def test_unknown_passes_are_refused_before_any_work(ref):
+    with pytest.raises(FxQuantError, match=r"unknown refinement 'nope': available are \['cpt-v', 'recon'\]"):
+        fxquant.convert(ref.model, [], "minmax+nope")  # an empty loader would be refused later
+    cfg = replace(config.resolve("minmax"), passes=("nope",))
+    with pytest.raises(FxQuantError, match="unknown pass 'nope'"):
+        fxquant.convert(ref.model, [], cfg)
 
 
 def test_model_without_linear_is_refused():

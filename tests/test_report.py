@@ -1,12 +1,11 @@
 import json
 
 import pytest
-import torch
 
 import fxquant
 from fxquant import roles
 from fxquant.cli import main
-from fxquant.report import plot_accuracy
+from fxquant.plots import plot_accuracy, plot_sqnr
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +40,8 @@ def test_sqnr_is_worst_first_and_falls_with_bits(reports):
 
 
 def test_plots_are_pngs(reports, tmp_path):
-    assert reports["w4a4"].plot(tmp_path / "sqnr.png").read_bytes().startswith(PNG)
+    rep = reports["w4a4"]
+    assert plot_sqnr(rep.rows, tmp_path / "sqnr.png", rep.title).read_bytes().startswith(PNG)
     result = {"model": "m", "eval_images": 8, "calib_images": 4, "fp32_top1": 0.7,
               "results": [{"recipe": "minmax", "bits": b, "torch_top1": t, "onnx_top1": None}
                           for b, t in (("w8a8", 0.7), ("w4a4", 0.5))],

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fxquant import config, cpu, target, workload
+from fxquant import config, cpu, pipeline, target, workload
 from fxquant.api import convert
 from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PEERS, PeerInputs
@@ -44,12 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def _error(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
+    """A failure as one table cell: its type and the first line of its message."""
     text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
     return text[:300]
 
 
-def _select_peers(names: list[str] | None, bits: list[str]) -> list:
+def select_peers(names: list[str] | None, bits: list[str]) -> list:
+    """The peers named (all of them for None), in that order, at the bit-widths asked for."""
     known = {p.name for p in PEERS}
     unknown = sorted(set(names or ()) - known)
     if unknown:
@@ -67,7 +69,7 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
         row["torch_top1"] = top1(qmodel, work.test, f"{recipe} {bits} (PyTorch)")
     except Exception as e:  # a failing recipe is a result too
-        row["error"] = _error(e)
+        row["error"] = error_line(e)
         return row
     if not onnx:
         return row
@@ -76,7 +78,7 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
         row["gemms_saturating_without_vnni"] = len(saturation.saturating(path))
         row["onnx_top1"] = top1(OnnxModule(path), work.test, f"{recipe} {bits} (onnxruntime)")
     except Exception as e:
-        row["onnx_error"] = _error(e)
+        row["onnx_error"] = error_line(e)
     return row
 
 
@@ -90,17 +92,17 @@ def _peer_row(peer, inputs: PeerInputs, work: workload.Workload) -> dict:
         if isinstance(model, OnnxModule):  # what a CPU without VNNI would get wrong in that file
             row["gemms_saturating_without_vnni"] = len(saturation.saturating(model.path))
     except Exception as e:
-        row["error"] = _error(e)
+        row["error"] = error_line(e)
     return row
 
 
 def run(args: argparse.Namespace) -> dict:
     recipes = list(config.RECIPES) if args.recipes is None else args.recipes
     for name in recipes:
-        config.resolve(name)
+        pipeline.check(config.resolve(name))
     for bits in args.bits:
         config.parse_bits(bits)
-    peers = _select_peers(args.peers, args.bits)
+    peers = select_peers(args.peers, args.bits)
     work = workload.from_args(args)
     if work.test is None:
         raise FxQuantError("bench accuracy needs test images: --eval must not be 0")

@@ -12,13 +12,12 @@ import argparse
 import torch
 import torch.fx as fx
 
-from fxquant import patterns, roles, workload
+from fxquant import patterns, quantizers, roles, workload
 from fxquant.bench.accuracy import CIFAR10
 from fxquant.calibrate import run_batch
 from fxquant.config import RoleSpec
 from fxquant.observers import search
 from fxquant.observers.observer import Observer
-from fxquant.quantizers import activation_fitter
 from fxquant.trace import trace
 
 QUANTIZERS = ("uniform", "log2", "logsqrt2", "tan")
@@ -74,7 +73,7 @@ def _errors(params, a: torch.Tensor, v: torch.Tensor) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    fitters = {name: activation_fitter(name) for name in args.quantizers}
+    fitters = {name: quantizers.get(name).fit for name in args.quantizers}
     work = workload.from_args(args)
     gm = trace(work.loaded.model)
     pairs = attention_pairs(gm)

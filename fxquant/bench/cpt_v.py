@@ -14,14 +14,13 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from fxquant import config, workload
+from fxquant import config, pipeline, plots, workload
 from fxquant.api import convert
 from fxquant.bench.accuracy import CIFAR10
 from fxquant.bench.parity import model_parity
 from fxquant.errors import FxQuantError
 from fxquant.evaluate import top1
 from fxquant.passes.contrastive_search import OPTIONS, SCALE_SETS, contrastive_search
-from fxquant.report import _figure, _save
 
 RECIPES = ("repq-vit", "fq-vit")
 BITS = ("w4a4", "w3a3")
@@ -89,7 +88,7 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
     else:
         pairs = [(r, b) for r in args.recipes or RECIPES for b in args.bits]
     for recipe, bits in pairs:
-        config.resolve(recipe, bits)
+        pipeline.check(config.resolve(recipe, bits))
     return pairs
 
 
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
 def plot(result: dict, path: Path) -> Path:
     """One panel per recipe x bits: search loss (solid) and held-out loss (dashed) per seed."""
     rows = result["results"]
-    fig = _figure(5 * len(rows), 4)
+    fig = plots.figure(5 * len(rows), 4)
     for k, row in enumerate(rows):
         ax = fig.add_subplot(1, len(rows), k + 1)
         for i, run in enumerate(row["runs"]):
@@ -134,7 +133,7 @@ def plot(result: dict, path: Path) -> Path:
         ax.set_ylabel("InfoNCE loss (2τ-scaled)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return plots.save(fig, path)
 
 
 def markdown(result: dict) -> str:

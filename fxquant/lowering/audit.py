@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from fxquant.errors import FxQuantError
+from fxquant.lowering.runtime import session
 
 BOUNDARIES = {"QuantizeLinear", "DequantizeLinear"}
 INTEGER_KERNELS = {"QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger",
@@ -89,7 +90,6 @@ def audit_model(model: onnx.ModelProto) -> list[FloatNode]:
 
 def audit(onnx_path: str | Path, optimized: bool = True) -> list[FloatNode]:
     """The float-computing nodes of the model at `onnx_path`, in graph order."""
-    from fxquant.lowering.runtime import session
     path = Path(onnx_path)
     if not path.is_file():
         raise FxQuantError(f"cannot audit {path}: no such file")

@@ -23,6 +23,7 @@ from fxquant.errors import FxQuantError
 from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
 from fxquant.lowering.runtime import TARGET_KEY, OnnxModule
+from fxquant.quantized_model import QuantizedModel
 from fxquant.quantizers import ONNX_TRANSLATIONS
 
 OPSET = 21  # int4 initializers and block-wise DequantizeLinear
@@ -130,7 +131,6 @@ def export_onnx(qmodel, path: str | Path, example_input,
     """Write `qmodel` as integer ONNX at `path`; on any failure nothing is left there.
     `dynamic_axes` (axis -> name, on every input) are left free in the file. With `verify` the
     file must be exact on its target CPUs and agree with the PyTorch numerics on the example."""
-    from fxquant.api import QuantizedModel
     if not isinstance(qmodel, QuantizedModel):
         raise FxQuantError(f"export_onnx needs a calibrated QuantizedModel from fxquant.convert, "
                            f"got {type(qmodel).__name__}")

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern, rewrite
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult, pattern, rewrite
 
 INT4_RANGE = (-8, 7)
 

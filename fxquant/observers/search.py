@@ -1,16 +1,20 @@
-"""Ranges from calibration statistics: min-max, percentile, and the percentile-MSE search.
+"""The one range search every quantizer uses: candidate values from calibration samples, and the
+choice of the candidate quantizer with the least mean squared error on them.
 
-All functions take samples laid out (N,) per tensor or (N, C) per channel (channels last) and
-return a `UniformParams` of matching granularity. Everything is vectorized over channels.
+Samples are laid out (N,) per tensor or (N, C) per channel (channels last); a candidate is any
+quantizer with `fake_quantize(x)`. Ties keep the first candidate.
 """
 from __future__ import annotations
 
+import math
+from typing import Iterable, Sequence, TypeVar
+
 import torch
 
-from fxquant.quantizers.uniform import UniformParams, params_from_range
-
-PERCENTILES = (0.999, 0.9999, 0.99999)
+PERCENTILES = (0.999, 0.9999, 0.99999)   # RepQ-ViT's candidate clipping percentiles
 _QUANTILE_LIMIT = 1 << 24
+
+Candidate = TypeVar("Candidate")
 
 
 def quantile(samples: torch.Tensor, q) -> torch.Tensor:
@@ -25,40 +29,43 @@ def quantile(samples: torch.Tensor, q) -> torch.Tensor:
     return out if isinstance(q, (list, tuple)) else out[0]
 
 
-def minmax(samples, lo, hi, bits: int, symmetric: bool, axis: int = -1) -> UniformParams:
-    return params_from_range(lo, hi, bits, symmetric, axis)
+def percentile_ranges(samples: torch.Tensor, percentiles=PERCENTILES) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(low, high) clipping ranges at each percentile p: the (1 − p)- and p-quantiles."""
+    bounds = quantile(samples, [1 - p for p in percentiles] + list(percentiles))
+    return [(bounds[i], bounds[len(percentiles) + i]) for i in range(len(percentiles))]
 
 
-def percentile(samples, bits: int, symmetric: bool, p: float = 0.9999,
-               axis: int = -1) -> UniformParams:
-    return params_from_range(quantile(samples, 1 - p), quantile(samples, p), bits, symmetric, axis)
+def positive_highs(samples: torch.Tensor, *extra: float, percentiles=PERCENTILES) -> list[float]:
+    """The distinct positive values among the samples' percentiles and `extra` (e.g. the observed
+    maximum), ascending: the top-of-range candidates of one-sided quantizers."""
+    values = {float(v) for v in quantile(samples, list(percentiles)).tolist()} | set(extra)
+    return sorted(v for v in values if v > 0)
 
 
-def percentile_mse(samples, bits: int, symmetric: bool, candidates=PERCENTILES,
-                   axis: int = -1) -> UniformParams:
-    """RepQ-ViT's search: of the candidate percentile ranges, keep the one with least MSE."""
-    best, best_err = None, None
-    bounds = quantile(samples, [1 - p for p in candidates] + list(candidates))
-    for i in range(len(candidates)):
-        params = params_from_range(bounds[i], bounds[len(candidates) + i], bits, symmetric)
-        err = (params.fake_quantize(samples) - samples).pow(2).mean(0)
-        if best is None:
-            best, best_err = params, err
+def mse(candidate, samples: torch.Tensor, dim=None) -> torch.Tensor:
+    """Mean squared quantization error of `candidate` on the samples (over `dim`, else all)."""
+    error = (candidate.fake_quantize(samples) - samples).pow(2)
+    return error.mean() if dim is None else error.mean(dim)
+
+
+def least_error(candidates: Iterable[Candidate], samples: torch.Tensor) -> Candidate | None:
+    """The candidate with the least MSE over all samples (None when there is none)."""
+    best, best_error = None, math.inf
+    for candidate in candidates:
+        error = mse(candidate, samples).item()
+        if error < best_error:
+            best, best_error = candidate, error
+    return best
+
+
+def least_error_per_channel(candidates: Sequence, samples: torch.Tensor) -> torch.Tensor:
+    """Per channel of (N, C) samples, the index of the candidate with the least MSE there."""
+    best_error, index = None, None
+    for i, candidate in enumerate(candidates):
+        error = mse(candidate, samples, dim=0)
+        if best_error is None:
+            best_error, index = error, torch.zeros_like(error, dtype=torch.long)
             continue
-        better = err < best_err
-        best = UniformParams(torch.where(better, params.scale, best.scale),
-                             torch.where(better, params.zero_point, best.zero_point),
-                             params.qmin, params.qmax, -1)
-        best_err = torch.minimum(err, best_err)
-    return UniformParams(best.scale, best.zero_point, best.qmin, best.qmax, axis)
-
-
-def fit(method: str, samples, lo, hi, bits: int, symmetric: bool, axis: int = -1) -> UniformParams:
-    """Dispatch on the observer method a recipe names."""
-    if method == "minmax":
-        return minmax(samples, lo, hi, bits, symmetric, axis)
-    if method == "percentile":
-        return percentile(samples, bits, symmetric, axis=axis)
-    if method == "mse":
-        return percentile_mse(samples, bits, symmetric, axis=axis)
-    raise ValueError(f"unknown observer method {method!r}: use minmax, percentile or mse")
+        index = torch.where(error < best_error, i, index)
+        best_error = torch.minimum(error, best_error)
+    return index

@@ -42,12 +42,12 @@ from tqdm import tqdm
 
 from fxquant import patterns, roles
 from fxquant.blocks import Block, block_module, split_blocks
+from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
 from fxquant.passes.float_reference import float_reference
 from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
-from fxquant.passes.reconstruct import _graph_inputs
-from fxquant.quantizers.uniform import MIN_SCALE, quantize_codes
+from fxquant.quantizers.uniform import MIN_SCALE, dequantize, fake_quant, quantize_codes
 
 OPTIONS = {"cptv_scales": "all", "cptv_passes": 10, "cptv_cycles": 3, "cptv_population": 15,
            "cptv_tournament": 10, "cptv_noise": None, "cptv_act_noise": 0.1,
@@ -97,7 +97,7 @@ def _read_only_by(gm: fx.GraphModule, target: str, op) -> bool:
 
 
 def _weight_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
-    dq, op = node.args[1], torch.ops.fxquant.dequantize.default
+    dq, op = node.args[1], dequantize.overload
     if not (isinstance(dq, fx.Node) and dq.target is op
             and all(_read_only_by(gm, a.target, op) for a in dq.args[:3])):
         return None  # not a uniform integer weight of its own
@@ -116,7 +116,7 @@ def _weight_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
 
 
 def _activation_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
-    op = torch.ops.fxquant.fake_quant.default
+    op = fake_quant.overload
     if node.target is not op or not _read_only_by(gm, node.args[1].target, op):
         return None
     return _Scale(node.args[1].target, float(opts["cptv_act_noise"]))
@@ -274,7 +274,7 @@ def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
         raise FxQuantError(f"cpt-v found no uniform scales to search (cptv_scales="
                            f"{opts['cptv_scales']!r}); 'attention' needs Softmax residual branches")
     generator = torch.Generator().manual_seed(opts["cptv_seed"])
-    inputs = _graph_inputs(gm, calib_loader)
+    inputs = graph_inputs(gm, calib_loader)
     n = len(next(iter(inputs.values())))
     order = torch.randperm(n, generator=generator)
     inputs = {k: v[order.to(v.device)] for k, v in inputs.items()}

@@ -11,20 +11,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from fxquant.attention_mask import apply_attention_mask, causal_mask
+
 _SDPA_TARGETS = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
-
-
-@fx.wrap
-def apply_attention_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Boolean masks keep True positions; float masks are added (SDPA's convention)."""
-    if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, float("-inf"))
-    return scores + mask
-
-
-@fx.wrap
-def causal_mask(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    return torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
 
 
 def _sdpa_args(node: fx.Node) -> dict:

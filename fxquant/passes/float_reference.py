@@ -9,17 +9,16 @@ from __future__ import annotations
 import copy
 import functools
 
-import torch
 import torch.fx as fx
 
 from fxquant import roles
 from fxquant.errors import FxQuantError
 from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
+from fxquant.quantizers.custom_op import is_quant_op
 
 
 def _is_fxquant_op(node: fx.Node) -> bool:
-    return (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
-            and node.target.namespace == "fxquant")
+    return node.op == "call_function" and is_quant_op(node.target)
 
 
 def is_activation_quantizer(node: fx.Node) -> bool:

@@ -16,10 +16,13 @@ import torch.nn.functional as F
 
 from fxquant import patterns
 from fxquant.config import QuantConfig
-from fxquant.passes.quantize import _get_attr
+from fxquant.passes.buffers import buffer_node
+from fxquant.quantizers.int_layernorm import int_layer_norm
+from fxquant.quantizers.pow2 import ptf_quant
+from fxquant.quantizers.uniform import fake_quant
 
-FAKE_QUANT = torch.ops.fxquant.fake_quant.default
-PTF_QUANT = torch.ops.fxquant.ptf_quant.default
+FAKE_QUANT = fake_quant.overload
+PTF_QUANT = ptf_quant.overload
 
 
 def _buffer(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
@@ -33,7 +36,7 @@ def _affine(gm: fx.GraphModule, ln: fx.Node) -> tuple[int, fx.Node | None, fx.No
         if len(module.normalized_shape) != 1:
             return None
         c = module.normalized_shape[0]
-        return c, *(None if t is None else _get_attr(gm, f"{ln.name}_{name}", t.detach().clone())
+        return c, *(None if t is None else buffer_node(gm, f"{ln.name}_{name}", t.detach().clone())
                      for name, t in (("weight", module.weight), ("bias", module.bias)))
     args = dict(zip(("input", "normalized_shape", "weight", "bias"), ln.args)) | dict(ln.kwargs)
     shape = args["normalized_shape"]
@@ -84,13 +87,13 @@ def integer_layernorm(gm: fx.GraphModule, config: QuantConfig | None = None,
             c, weight, bias = affine
             scale, zero_point, shift = grid
             if shift is None:
-                shift = _get_attr(gm, f"{ln.name}_shift", torch.zeros(c, dtype=torch.int32))
+                shift = buffer_node(gm, f"{ln.name}_shift", torch.zeros(c, dtype=torch.int32))
             if weight is None:
-                weight = _get_attr(gm, f"{ln.name}_weight", torch.ones(c))
+                weight = buffer_node(gm, f"{ln.name}_weight", torch.ones(c))
             if bias is None:
-                bias = _get_attr(gm, f"{ln.name}_bias", torch.zeros(c))
+                bias = buffer_node(gm, f"{ln.name}_bias", torch.zeros(c))
             _, out_scale, out_zero_point, qmin, qmax, _ = out_q.args
-            new = graph.call_function(torch.ops.fxquant.int_layer_norm.default, (
+            new = graph.call_function(int_layer_norm.overload, (
                 ln.args[0], scale, zero_point, shift, weight, bias, graph.get_attr(out_scale.target),
                 graph.get_attr(out_zero_point.target), qmin, qmax))
         if out_q.args[0] is ln:

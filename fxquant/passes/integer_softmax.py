@@ -11,15 +11,16 @@ the mask add, and the mask becomes the integer op's `mask` input (quantizers/int
 """
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
 
 from fxquant import patterns, roles
 from fxquant.config import QuantConfig
-from fxquant.quantizers.int_softmax import ExpConstants
+from fxquant.quantizers.int_softmax import ExpConstants, int_softmax, lis_attention
+from fxquant.quantizers.log2 import log_quant
+from fxquant.quantizers.uniform import fake_quant
 
-FAKE_QUANT = torch.ops.fxquant.fake_quant.default
-LOG_QUANT = torch.ops.fxquant.log_quant.default
+FAKE_QUANT = fake_quant.overload
+LOG_QUANT = log_quant.overload
 
 
 def _over_last_axis(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -62,7 +63,7 @@ def integer_softmax(gm: fx.GraphModule, config: QuantConfig, calib_loader=None) 
             _, _, codes, scales, _ = post.args
             for product in products:
                 with graph.inserting_before(product):
-                    fused = graph.call_function(torch.ops.fxquant.lis_attention.default, (
+                    fused = graph.call_function(lis_attention.overload, (
                         logits, product.args[1], scale, zero_point, codes, scales, qmin, *constants,
                         *mask))
                 product.replace_all_uses_with(fused)
@@ -71,7 +72,7 @@ def integer_softmax(gm: fx.GraphModule, config: QuantConfig, calib_loader=None) 
             graph.erase_node(softmax)
         elif post.target is FAKE_QUANT:
             with graph.inserting_before(softmax):
-                new = graph.call_function(torch.ops.fxquant.int_softmax.default,
+                new = graph.call_function(int_softmax.overload,
                                           (logits, scale, zero_point, qmin, *constants, *mask))
             softmax.replace_all_uses_with(new)
             graph.erase_node(softmax)

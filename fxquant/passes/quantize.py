@@ -12,12 +12,11 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from fxquant import patterns, roles, target
+from fxquant import patterns, quantizers, roles, target
 from fxquant.config import QuantConfig
-from fxquant.observers import search
+from fxquant.passes.buffers import buffer_node
 from fxquant.passes.insert_observers import observer_nodes
-from fxquant.quantizers import activation_fitter
-from fxquant.quantizers.uniform import UniformParams, qrange, quantize_codes
+from fxquant.quantizers.uniform import UniformQuantizer, dequantize, fake_quant, qrange, quantize_codes
 
 FITTED_ATTR = "fitted"  # an observer attribute a pass may set to override fitting
 # Meta on each quantized F.linear/conv node: the float weight its codes were rounded from, for
@@ -27,31 +26,27 @@ FLOAT_WEIGHT_KEY = "fxquant_float_weight"
 WEIGHT_RANGE_KEY = "fxquant_weight_code_range"
 
 
-def _get_attr(gm: fx.GraphModule, name: str, value: torch.Tensor) -> fx.Node:
-    gm.register_buffer(name, value)
-    return gm.graph.get_attr(name)
-
-
 def activation_max(node: fx.Node) -> int:
     """The largest unsigned code a GEMM input can carry into onnxruntime's int8 kernel: a uniform
     quantizer's qmax (int8 codes count 128 more); anything else could reach 255."""
-    if node.op == "call_function" and node.target is torch.ops.fxquant.fake_quant.default:
+    if node.op == "call_function" and node.target is fake_quant.overload:
         qmin, qmax = node.args[3], node.args[4]
         return qmax if qmin >= 0 else qmax + 128
     return target.FULL_RANGE_ACTIVATION_MAX
 
 
-def fit_weight(weight: torch.Tensor, config: QuantConfig, bits: int) -> UniformParams:
+def fit_weight(weight: torch.Tensor, config: QuantConfig, bits: int) -> UniformQuantizer:
     """Per-output-channel (or per-tensor) `bits`-bit parameters for a Linear/Conv weight."""
     spec = config.roles[roles.WEIGHT]
     rows = weight.detach().reshape(weight.shape[0], -1).T  # (fan_in, out): channels last
     if not spec.per_channel:
         rows = rows.reshape(-1)
-    params = search.fit(spec.observer, rows, rows.amin(0), rows.amax(0), bits, spec.symmetric)
+    params = UniformQuantizer.from_samples(spec.observer, rows, rows.amin(0), rows.amax(0), bits,
+                                           spec.symmetric)
     # An asymmetric (unsigned) grid moves to the signed range, same grid, so codes fit int8/int4.
     shift = params.qmin - qrange(bits, signed=True)[0] if params.qmin >= 0 else 0
-    return UniformParams(params.scale, params.zero_point - shift, params.qmin - shift,
-                         params.qmax - shift, axis=0)
+    return UniformQuantizer(params.scale, params.zero_point - shift, params.qmin - shift,
+                            params.qmax - shift, axis=0)
 
 
 def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> None:
@@ -63,12 +58,12 @@ def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -
                            params.qmin, params.qmax, axis=0).to(torch.int8)
     graph = gm.graph
     with graph.inserting_before(node):
-        weight = graph.call_function(torch.ops.fxquant.dequantize.default, (
-            _get_attr(gm, f"{node.name}_weight_codes", codes),
-            _get_attr(gm, f"{node.name}_weight_scale", params.scale),
-            _get_attr(gm, f"{node.name}_weight_zero_point", params.zero_point), 0))
+        weight = graph.call_function(dequantize.overload, (
+            buffer_node(gm, f"{node.name}_weight_codes", codes),
+            buffer_node(gm, f"{node.name}_weight_scale", params.scale),
+            buffer_node(gm, f"{node.name}_weight_zero_point", params.zero_point), 0))
         bias = (None if module.bias is None
-                else _get_attr(gm, f"{node.name}_bias", module.bias.detach().clone()))
+                else buffer_node(gm, f"{node.name}_bias", module.bias.detach().clone()))
         if isinstance(module, torch.nn.Linear):
             new = graph.call_function(F.linear, (node.args[0], weight, bias))
         else:
@@ -86,11 +81,11 @@ def _quantize_activation(gm: fx.GraphModule, node: fx.Node, config: QuantConfig)
     spec = config.roles[observer.role]
     params = getattr(observer, FITTED_ATTR, None)
     if params is None:
-        params = activation_fitter(spec.quantizer)(observer, spec, config.bits_for(spec))
+        params = quantizers.get(spec.quantizer).fit(observer, spec, config.bits_for(spec))
     graph = gm.graph
     with graph.inserting_before(node):
-        tensors = [_get_attr(gm, f"{node.name}_{k}", v) for k, v in params.tensors().items()]
-        new = graph.call_function(params.op(), (node.args[0], *tensors, *params.constants()))
+        tensors = [buffer_node(gm, f"{node.name}_{k}", v) for k, v in params.tensors().items()]
+        new = graph.call_function(params.op.overload, (node.args[0], *tensors, *params.constants()))
     new.meta[roles.META_KEY] = observer.role
     node.replace_all_uses_with(new)
     graph.erase_node(node)

@@ -31,13 +31,12 @@ from tqdm import tqdm
 
 from fxquant import roles
 from fxquant.blocks import Block, block_module, split_blocks
-from fxquant.calibrate import model_device
+from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
-from fxquant.data import batch_inputs
 from fxquant.errors import FxQuantError
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
 from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
-from fxquant.quantizers.uniform import MIN_SCALE, broadcast_shape
+from fxquant.quantizers.uniform import MIN_SCALE, broadcast_shape, dequantize, fake_quant
 
 # QDrop's schedule is 20,000 iterations per block at learning rates 1e-3 / 4e-5; ours is 20 times
 # shorter (the 20-minute budget on 2 cores), so both rates are 10 times larger.
@@ -164,7 +163,7 @@ class _TrainableBlock:
             elif is_activation_quantizer(node):
                 self._replace_activation(node)
         graph.eliminate_dead_code(lambda n: n.op != "get_attr"
-                                  and n.target is not torch.ops.fxquant.dequantize.default)
+                                  and n.target is not dequantize.overload)
         module.recompile()
 
     def _replace_weight(self, node: fx.Node) -> None:
@@ -186,7 +185,7 @@ class _TrainableBlock:
     def _replace_activation(self, node: fx.Node) -> None:
         x, *rest = node.args
         values = [_resolve(self.module, a) for a in rest]
-        if node.target is torch.ops.fxquant.fake_quant.default:
+        if node.target is fake_quant.overload:
             quantizer = _LearnedStep(*values, self.drop)
             self.steps[rest[0].target] = quantizer
         else:
@@ -213,23 +212,6 @@ def _options(config: QuantConfig) -> dict:
     if unknown:
         raise FxQuantError(f"unknown reconstruction option(s) {unknown}: available are {sorted(OPTIONS)}")
     return {**OPTIONS, **{k: v for k, v in config.options.items() if k in OPTIONS}}
-
-
-def _graph_inputs(gm: fx.GraphModule, loader: Iterable) -> dict[str, torch.Tensor]:
-    """The calibration set as whole tensors, one per graph input it gives (by placeholder name)."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    name_of = {n.target: n.name for n in placeholders}  # keyword -> node name (they may differ)
-    chunks: dict[str, list[torch.Tensor]] = {}
-    for batch in loader:
-        args, kwargs = batch_inputs(batch)
-        named = {**{n.name: a for n, a in zip(placeholders, args)},
-                 **{name_of.get(k, k): v for k, v in kwargs.items()}}
-        for name, value in named.items():
-            chunks.setdefault(name, []).append(value)
-    if not chunks:
-        raise FxQuantError("the calibration loader is empty: give it at least one batch")
-    device = model_device(gm)
-    return {name: torch.cat(values).to(device) for name, values in chunks.items()}
 
 
 @torch.no_grad()
@@ -311,7 +293,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
     q_blocks, f_blocks = split_blocks(gm, k), split_blocks(reference, k)
     if [len(b.outputs) for b in q_blocks] != [len(b.outputs) for b in f_blocks]:
         raise FxQuantError("the quantized graph and its float reference split into different blocks")
-    q_cache = _graph_inputs(gm, calib_loader)
+    q_cache = graph_inputs(gm, calib_loader)
     f_cache = dict(q_cache)
     drop = _Dropper(opts["recon_drop_prob"], torch.Generator().manual_seed(opts["recon_seed"]))
     budget = opts["recon_max_seconds"]

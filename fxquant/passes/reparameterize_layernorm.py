@@ -30,10 +30,9 @@ from fxquant.calibrate import run_batch
 from fxquant.config import QuantConfig
 from fxquant.data import batch_inputs
 from fxquant.errors import FxQuantError
-from fxquant.observers import search
 from fxquant.passes.insert_observers import OBSERVED_KEY, observer_nodes
 from fxquant.passes.quantize import FITTED_ATTR
-from fxquant.quantizers.uniform import UniformParams
+from fxquant.quantizers.uniform import UniformQuantizer
 
 # Per-tensor target of the channel scales / zero points; "median" is DopQ-ViT's MOSF.
 FOLD_TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": torch.mean,
@@ -124,17 +123,20 @@ def _check_channels_last(gm: fx.GraphModule, folds: dict, calib_loader: Iterable
                                    "fold needs channels last")
 
 
-def _channel_params(gm: fx.GraphModule, observers: list[fx.Node], config: QuantConfig) -> UniformParams:
+def _channel_params(gm: fx.GraphModule, observers: list[fx.Node],
+                    config: QuantConfig) -> UniformQuantizer:
     """Channel-wise grid of the LN output, from the statistics of every observer on its paths."""
     spec = config.roles[roles.POST_LAYERNORM]
     stats = [gm.get_submodule(o.target) for o in observers]
     samples = torch.cat([s.samples() for s in stats])
     lo = torch.stack([s.min.cpu() for s in stats]).amin(0)
     hi = torch.stack([s.max.cpu() for s in stats]).amax(0)
-    return search.fit(spec.observer, samples, lo, hi, config.bits_for(spec), spec.symmetric)
+    return UniformQuantizer.from_samples(spec.observer, samples, lo, hi, config.bits_for(spec),
+                                         spec.symmetric)
 
 
-def fold_factors(params: UniformParams, target: str = "mean") -> tuple[torch.Tensor, torch.Tensor, UniformParams]:
+def fold_factors(params: UniformQuantizer,
+                 target: str = "mean") -> tuple[torch.Tensor, torch.Tensor, UniformQuantizer]:
     """(r, t, per-tensor grid) for channel-wise `params`, with s~ and z~ from FOLD_TARGETS[target]."""
     if target not in FOLD_TARGETS:
         raise FxQuantError(f"unknown fold_target {target!r}: available are {sorted(FOLD_TARGETS)}")
@@ -143,7 +145,7 @@ def fold_factors(params: UniformParams, target: str = "mean") -> tuple[torch.Ten
     zero_point = torch.round(reduce(params.zero_point.float())).clamp(params.qmin, params.qmax)
     r = params.scale / scale
     t = scale * (params.zero_point.float() - zero_point)
-    return r, t, UniformParams(scale, zero_point.to(torch.int32), params.qmin, params.qmax)
+    return r, t, UniformQuantizer(scale, zero_point.to(torch.int32), params.qmin, params.qmax)
 
 
 @torch.no_grad()

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
 from fxquant import roles
 from fxquant.config import QuantConfig
 from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
+from fxquant.quantizers.two_scale import two_scale_quant, two_scale_region
 
-TWO_SCALE = torch.ops.fxquant.two_scale_quant.default
-REGION = torch.ops.fxquant.two_scale_region.default
+TWO_SCALE = two_scale_quant.overload
+REGION = two_scale_region.overload
 
 
 def _split_linear(graph: fx.Graph, linear: fx.Node, parts: list[fx.Node]) -> None:

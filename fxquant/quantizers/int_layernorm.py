@@ -23,13 +23,14 @@ import torch
 from onnxscript import ir
 from onnxscript import opset21 as op
 
+from fxquant.quantizers.custom_op import quant_op
 from fxquant.quantizers.pow2 import MAX_SHIFT
 
 M_BITS = 8   # A = M / 2^N with an 8-bit M
 _N_POWERS = [2.0 ** j for j in range(M_BITS - 1 - MAX_SHIFT, M_BITS)]   # 2^-23 .. 2^7
 
 
-@torch.library.custom_op("fxquant::int_layer_norm", mutates_args=())
+@quant_op("int_layer_norm")
 def int_layer_norm(x: torch.Tensor, in_scale: torch.Tensor, in_zero_point: torch.Tensor,
                    shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    out_scale: torch.Tensor, out_zero_point: torch.Tensor,
@@ -53,15 +54,11 @@ def int_layer_norm(x: torch.Tensor, in_scale: torch.Tensor, in_zero_point: torch
     return (torch.clamp(y + zp, qmin, qmax) - zp) * out_scale
 
 
-@int_layer_norm.register_fake
-def _(x, in_scale, in_zero_point, shift, weight, bias, out_scale, out_zero_point, qmin, qmax):
-    return torch.empty_like(x)
-
-
 def _code_type(qmin: int) -> ir.DataType:
     return ir.DataType.INT8 if qmin < 0 else ir.DataType.UINT8
 
 
+@int_layer_norm.onnx
 def int_layer_norm_onnx(x, in_scale, in_zero_point, shift, weight, bias, out_scale, out_zero_point,
                         qmin: int, qmax: int):
     f32, i64 = ir.DataType.FLOAT, ir.DataType.INT64
@@ -97,5 +94,3 @@ def int_layer_norm_onnx(x, in_scale, in_zero_point, shift, weight, bias, out_sca
                                 op.Constant(value_float=float(qmax))), to=dtype)
     return op.DequantizeLinear(out_codes, out_scale, op.Cast(out_zero_point, to=dtype), axis=-1)
 
-
-ONNX_TRANSLATIONS = {torch.ops.fxquant.int_layer_norm.default: int_layer_norm_onnx}

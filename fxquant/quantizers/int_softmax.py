@@ -14,7 +14,7 @@ Then either
 - `lis_attention` (LIS, ≤ 4 bits): code = Σ_{j=1}^{2^b} [Σe / e ≥ 0.75·2^j] (nearest power of
   two with the linear midpoint, exactly: ⌊2Σe / e⌋ ≥ 3·2^(j−1); FQ-ViT rounds Σe / e first, which
   moves e.g. 2.6 to code 2), attention 2^−code, 0 where code = 2^b; fused
-  with the A·V product that reads it. Its levels are a log2 quantizer's (`log2.LogParams`, Δ = 1):
+  with the A·V product that reads it. Its levels are a log2 quantizer's (`log2.LogQuantizer`, Δ = 1):
   uint8 powers of two in branches of 8 codes, so ONNX computes A·V as Σ_branch MatMul(DQ(uint8
   branch, 2^−(8g+7)), V): exact integer products, no BitShift.
 The ONNX lowering reads the codes with QuantizeLinear and keeps every step above in int64; only
@@ -35,8 +35,13 @@ import torch
 from onnxscript import ir
 from onnxscript import opset21 as op
 
+from fxquant.config import RoleSpec
 from fxquant.errors import FxQuantError
-from fxquant.quantizers.log2 import LogParams, levels
+from fxquant.observers.observer import Observer
+from fxquant.quantizers.base import Quantizer, register
+from fxquant.quantizers.custom_op import quant_op
+from fxquant.quantizers.log2 import LogQuantizer, levels
+from fxquant.quantizers.uniform import UniformQuantizer
 
 COEFFS = (0.35815147, 0.96963238, 1.0)   # I-BERT's a·(x + b/a)² + c/a fit of exp on (−ln2, 0]
 N_EXP = 30
@@ -102,18 +107,17 @@ def exp_int(x: torch.Tensor, scale: torch.Tensor, x0: int, b_int: int, c_int: in
     return e, e.sum(-1, keepdim=True)
 
 
-@torch.library.custom_op("fxquant::int_softmax", mutates_args=())
+def _softmax_like_scores(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask=None):
+    shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
+    return x.new_empty(shape)
+
+
+@quant_op("int_softmax", fake=_softmax_like_scores)
 def int_softmax(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                 x0: int, b_int: int, c_int: int, n: int, up: int,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
     e, total = exp_int(x, scale, x0, b_int, c_int, n, up, mask)
     return e.float() / total.float()
-
-
-@int_softmax.register_fake
-def _(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask=None):
-    shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
-    return x.new_empty(shape)
 
 
 def ratio_thresholds(n_levels: int) -> list[int]:
@@ -128,36 +132,40 @@ def lis_index(e: torch.Tensor, total: torch.Tensor, n_levels: int) -> torch.Tens
     return n_levels - code
 
 
-@torch.library.custom_op("fxquant::lis_attention", mutates_args=())
+def _attention_output(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n, up,
+                      mask=None):
+    shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
+    return x.new_empty((*shape[:-1], v.shape[-1]))
+
+
+@quant_op("lis_attention", fake=_attention_output)
 def lis_attention(x: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                   codes: torch.Tensor, scales: torch.Tensor, qmin: int,
                   x0: int, b_int: int, c_int: int, n: int, up: int,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """LIS(x + mask) @ v; `codes`, `scales` are the level tables of `LogParams.make(bits, 1, 1)`."""
+    """LIS(x + mask) @ v; `codes`, `scales` are the level tables of `LISQuantizer.make(bits, 1, 1)`."""
     e, total = exp_int(x, scale, x0, b_int, c_int, n, up, mask)
     attention = levels(codes, scales)[lis_index(e, total, codes.shape[1] - 1)]
     return attention @ v
 
 
-@lis_attention.register_fake
-def _(x, v, scale, zero_point, codes, scales, qmin, x0, b_int, c_int, n, up, mask=None):
-    shape = torch.broadcast_shapes(x.shape, mask.shape) if mask is not None else x.shape
-    return x.new_empty((*shape[:-1], v.shape[-1]))
-
-
-def lis_params(bits: int) -> LogParams:
-    """LIS without the integer softmax (float Softmax in front): the log2 levels 2^−code, Δ = 1,
-    rounded with LIS's linear midpoints, p ≥ (4/3)·2^−j ⇔ code < j."""
-    base = LogParams.make(bits, 1.0, 1)
-    n_levels = base.codes.shape[1] - 1
-    thresholds = torch.tensor([4 / 3 * 2.0 ** -j for j in range(n_levels, 0, -1)], dtype=torch.float32)
-    return replace(base, thresholds=thresholds)
-
-
-def fit_lis(observer, spec, bits: int):
+@register("lis")
+class LISQuantizer(LogQuantizer):
     """Post-Softmax quantizer "lis": LIS levels (no calibration) at ≤ 4 bits, else uniform."""
-    from fxquant.quantizers import activation_fitter
-    return lis_params(bits) if bits <= LIS_MAX_BITS else activation_fitter("uniform")(observer, spec, bits)
+
+    @classmethod
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> Quantizer:
+        return cls.for_bits(bits) if bits <= LIS_MAX_BITS else UniformQuantizer.fit(observer, spec, bits)
+
+    @classmethod
+    def for_bits(cls, bits: int) -> LISQuantizer:
+        """LIS without the integer softmax (float Softmax in front): the log2 levels 2^−code,
+        Δ = 1, rounded with LIS's linear midpoints, p ≥ (4/3)·2^−j ⇔ code < j."""
+        base = cls.make(bits, 1.0, 1)
+        n_levels = base.codes.shape[1] - 1
+        thresholds = torch.tensor([4 / 3 * 2.0 ** -j for j in range(n_levels, 0, -1)],
+                                  dtype=torch.float32)
+        return replace(base, thresholds=thresholds)
 
 
 def _mask_codes_onnx(mask, scale, x0: int, n: int, up: int):
@@ -189,12 +197,14 @@ def _exp_int_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: i
     return e, op.ReduceSum(e, last, keepdims=1)
 
 
+@int_softmax.onnx
 def int_softmax_onnx(x, scale, zero_point, qmin: int, x0: int, b_int: int, c_int: int, n: int,
                      up: int, mask=None):
     e, total = _exp_int_onnx(x, scale, zero_point, qmin, x0, b_int, c_int, n, up, mask)
     return op.Div(op.Cast(e, to=ir.DataType.FLOAT), op.Cast(total, to=ir.DataType.FLOAT))
 
 
+@lis_attention.onnx
 def lis_attention_onnx(x, v, scale, zero_point, codes, scales, qmin: int,
                        x0: int, b_int: int, c_int: int, n: int, up: int, mask=None):
     n_levels = codes.shape[1] - 1
@@ -213,6 +223,3 @@ def lis_attention_onnx(x, v, scale, zero_point, codes, scales, qmin: int,
         out = term if out is None else op.Add(out, term)
     return out
 
-
-ONNX_TRANSLATIONS = {torch.ops.fxquant.int_softmax.default: int_softmax_onnx,
-                     torch.ops.fxquant.lis_attention.default: lis_attention_onnx}

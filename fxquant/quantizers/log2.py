@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from onnxscript import ir
 from onnxscript import opset21 as op
 
+from fxquant.config import RoleSpec
 from fxquant.errors import FxQuantError
+from fxquant.observers import search
+from fxquant.observers.observer import Observer
+from fxquant.quantizers.base import Quantizer, per_tensor_samples, register
+from fxquant.quantizers.custom_op import quant_op
+from fxquant.quantizers.uniform import UniformQuantizer
 
 MIN_BITS, MAX_BITS = 3, 8
 ROOTS = {"log2": 1, "logsqrt2": 2}
@@ -32,7 +39,7 @@ MAX_UINT8_BRANCHES = 2    # beyond this the ONNX lowering gathers float levels i
 _TINY = torch.finfo(torch.float32).tiny
 
 
-@torch.library.custom_op("fxquant::log_quant", mutates_args=())
+@quant_op("log_quant")
 def log_quant(x: torch.Tensor, thresholds: torch.Tensor, codes: torch.Tensor,
               scales: torch.Tensor, root: int) -> torch.Tensor:
     """x -> Σ_branch codes[branch, #{T_i ≤ x}] · scales[branch] (one branch is non-zero per code);
@@ -41,28 +48,37 @@ def log_quant(x: torch.Tensor, thresholds: torch.Tensor, codes: torch.Tensor,
     return levels(codes, scales)[m]
 
 
-@log_quant.register_fake
-def _(x, thresholds, codes, scales, root):
-    return torch.empty_like(x)
-
-
 def levels(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """Float32 level of each code m: the sum is exact, all branches but one hold 0."""
     return (codes.to(scales.dtype) * scales[:, None]).sum(0)
 
 
+@register("log2")
 @dataclass(frozen=True)
-class LogParams:
-    """A fitted log2 / log√2 quantizer (`root` 1 or 2) with its rounding and level tables."""
+class LogQuantizer(Quantizer):
+    """A fitted log2 / log√2 quantizer (`root` 1 or 2) with its rounding and level tables; "log2"
+    fits root 1, its subclass "logsqrt2" root 2."""
     thresholds: torch.Tensor   # (n,) float32 ascending, normal numbers
     codes: torch.Tensor        # (branches, n + 1) uint8 powers of two (0 where another branch holds it)
     scales: torch.Tensor       # (branches,) float32
     delta: float
     root: int
     bits: int
+    op = log_quant
+    ROOT: ClassVar[int] = ROOTS["log2"]
 
     @classmethod
-    def make(cls, bits: int, delta: float, root: int) -> "LogParams":
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> LogQuantizer:
+        """Δ = the MSE-best of RepQ-ViT's percentiles of all post-Softmax values."""
+        samples = per_tensor_samples("a log quantizer", observer, spec)
+        deltas = search.positive_highs(samples)
+        if not deltas:
+            raise FxQuantError(f"the {observer.role} values are not positive: a log quantizer "
+                               "needs softmax-like inputs")
+        return search.least_error((cls.make(bits, d, cls.ROOT) for d in deltas), samples)
+
+    @classmethod
+    def make(cls, bits: int, delta: float, root: int) -> LogQuantizer:
         if not MIN_BITS <= bits <= MAX_BITS:
             raise FxQuantError(f"log quantizers support {MIN_BITS} to {MAX_BITS} bits, not {bits}")
         if root not in ROOTS.values():
@@ -97,13 +113,6 @@ class LogParams:
         return cls(thresholds, torch.stack(rows), torch.tensor(scales, dtype=torch.float32),
                    float(delta), root, bits)
 
-    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return log_quant(x, self.thresholds.to(x.device), self.codes.to(x.device),
-                         self.scales.to(x.device), self.root)
-
-    def op(self):
-        return torch.ops.fxquant.log_quant.default
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"thresholds": self.thresholds, "codes": self.codes, "scales": self.scales}
 
@@ -111,35 +120,25 @@ class LogParams:
         return (self.root,)
 
 
-def fit(samples: torch.Tensor, candidate_deltas, bits: int, root: int) -> LogParams:
-    """The Δ among the candidates whose quantizer has the least MSE on `samples`."""
-    best, best_err = None, math.inf
-    for delta in candidate_deltas:
-        params = LogParams.make(bits, float(delta), root)
-        err = (params.fake_quantize(samples) - samples).pow(2).mean().item()
-        if err < best_err:
-            best, best_err = params, err
-    return best
+@register("logsqrt2")
+class LogSqrt2Quantizer(LogQuantizer):
+    """log√2: levels Δ·2^(−q/2)."""
+    ROOT = ROOTS["logsqrt2"]
 
 
-def _fitter(root: int):
-    def fit_observer(observer, spec, bits: int) -> LogParams:
-        """Δ = the MSE-best of RepQ-ViT's percentiles of all post-Softmax values."""
-        from fxquant.observers import search
-        if spec.per_channel:
-            raise FxQuantError("log quantizers are per tensor: set per_channel=False for their role")
-        samples = observer.samples()
-        deltas = sorted({d for d in search.quantile(samples, search.PERCENTILES).tolist() if d > 0})
-        if not deltas:
-            raise FxQuantError(f"the {observer.role} values are not positive: a log quantizer "
-                               "needs softmax-like inputs")
-        return fit(samples, deltas, bits, root)
-    return fit_observer
+@register("logsqrt2_or_uniform")
+class LogSqrt2OrUniform(Quantizer):
+    """Whichever of log√2 and uniform has the least MSE on the samples: log√2 wins on ViT
+    attention at <= 4 bits, uniform at 6-8 bits (benchmarks/attention_quantizers.md)."""
+
+    @classmethod
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> Quantizer:
+        return search.least_error((kind.fit(observer, spec, bits)
+                                   for kind in (LogSqrt2Quantizer, UniformQuantizer)),
+                                  observer.samples())
 
 
-FITTERS = {name: _fitter(root) for name, root in ROOTS.items()}
-
-
+@log_quant.onnx
 def log_quant_onnx(x, thresholds, codes, scales, root: int):
     """m from log2 (one Floor) corrected by one comparison on each side against the exact
     thresholds, then uint8 branches (DequantizeLinear each, summed) or a float level Gather."""
@@ -168,5 +167,3 @@ def log_quant_onnx(x, thresholds, codes, scales, root: int):
         out = branch if out is None else op.Add(out, branch)
     return out
 
-
-ONNX_TRANSLATIONS = {torch.ops.fxquant.log_quant.default: log_quant_onnx}

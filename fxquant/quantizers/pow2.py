@@ -18,8 +18,14 @@ from dataclasses import dataclass
 import torch
 from onnxscript import opset21 as op
 
+from fxquant.config import RoleSpec
 from fxquant.errors import FxQuantError
-from fxquant.quantizers.uniform import MIN_SCALE, fake_quant_onnx, fake_quantize, qrange
+from fxquant.observers import search
+from fxquant.observers.observer import Observer
+from fxquant.quantizers.base import Quantizer, register
+from fxquant.quantizers.custom_op import quant_op
+from fxquant.quantizers.uniform import (MIN_SCALE, UniformQuantizer, fake_quant_onnx, fake_quantize,
+                                        qrange)
 
 K = 3            # factors 2^0 .. 2^K
 MAX_SHIFT = 31   # float32 powers of two the ONNX lowering tabulates
@@ -30,32 +36,43 @@ def channel_scales(scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return scale * torch.exp2(shift.to(scale.dtype))
 
 
-@torch.library.custom_op("fxquant::ptf_quant", mutates_args=())
+@quant_op("ptf_quant")
 def ptf_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, shift: torch.Tensor,
               qmin: int, qmax: int) -> torch.Tensor:
     return fake_quantize(x, channel_scales(scale, shift), zero_point, qmin, qmax, -1)
 
 
-@ptf_quant.register_fake
-def _(x, scale, zero_point, shift, qmin, qmax):
-    return torch.empty_like(x)
-
-
+@register("ptf")
 @dataclass(frozen=True)
-class PTFParams:
-    """A fitted PTF quantizer: layer scale, one zero point, per-channel shifts α_c (last axis)."""
+class PTFQuantizer(Quantizer):
+    """A fitted PTF quantizer: layer scale, zero points, per-channel shifts α_c (last axis)."""
     scale: torch.Tensor        # () float32
-    zero_point: torch.Tensor   # () int32
+    zero_point: torch.Tensor   # () int32, or (C,) for the two-level PTF of O-2SF
     shift: torch.Tensor        # (C,) int32 in 0..K
     qmin: int
     qmax: int
+    op = ptf_quant
 
-    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return ptf_quant(x, self.scale.to(x.device), self.zero_point.to(x.device),
-                         self.shift.to(x.device), self.qmin, self.qmax)
+    @classmethod
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> PTFQuantizer:
+        if not spec.per_channel:
+            raise FxQuantError(f"PTF searches a factor per channel: set per_channel=True for the "
+                               f"{observer.role} role")
+        return cls.from_samples(observer.samples(), observer.min.min(), observer.max.max(), bits)
 
-    def op(self):
-        return torch.ops.fxquant.ptf_quant.default
+    @classmethod
+    def from_samples(cls, samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                     k: int = K) -> PTFQuantizer:
+        """The K-candidate search on `samples` (N, C), with the layer range [lo, hi] widened to
+        contain 0 (else the zero point clamps and the widest grid misses the range)."""
+        qmin, qmax = qrange(bits, signed=False)
+        lo, hi = torch.minimum(lo, hi).float().clamp_max(0), torch.maximum(lo, hi).float().clamp_min(0)
+        widest = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE * 2 ** k)
+        scale = widest / 2 ** k
+        zero_point = torch.round(-lo / widest).to(torch.int32)
+        factors = [UniformQuantizer(scale * 2 ** a, zero_point, qmin, qmax) for a in range(k + 1)]
+        shift = search.least_error_per_channel(factors, samples).to(torch.int32)
+        return cls(scale, zero_point, shift, qmin, qmax)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"scale": self.scale, "zero_point": self.zero_point, "shift": self.shift}
@@ -64,26 +81,7 @@ class PTFParams:
         return (self.qmin, self.qmax)
 
 
-def fit(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, k: int = K) -> PTFParams:
-    """The K-candidate search on `samples` (N, C), with the layer range [lo, hi] widened to contain
-    0 (else the zero point clamps and the widest grid misses the range)."""
-    qmin, qmax = qrange(bits, signed=False)
-    lo, hi = torch.minimum(lo, hi).float().clamp_max(0), torch.maximum(lo, hi).float().clamp_min(0)
-    widest = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE * 2 ** k)
-    scale = widest / 2 ** k
-    zero_point = torch.round(-lo / widest).to(torch.int32)
-    errors = torch.stack([(fake_quantize(samples, scale * 2 ** a, zero_point, qmin, qmax) - samples)
-                          .pow(2).sum(0) for a in range(k + 1)])
-    return PTFParams(scale, zero_point, errors.argmin(0).to(torch.int32), qmin, qmax)
-
-
-def fit_observer(observer, spec, bits: int) -> PTFParams:
-    if not spec.per_channel:
-        raise FxQuantError(f"PTF searches a factor per channel: set per_channel=True for the "
-                           f"{observer.role} role")
-    return fit(observer.samples(), observer.min.min(), observer.max.max(), bits)
-
-
+@ptf_quant.onnx
 def ptf_quant_onnx(x, scale, zero_point, shift, qmin: int, qmax: int):
     """Per-axis QDQ: scales Gather'ed from a table of powers of two (exact, folded at export)."""
     powers = op.Constant(value_floats=[float(2 ** i) for i in range(MAX_SHIFT + 1)])
@@ -91,5 +89,3 @@ def ptf_quant_onnx(x, scale, zero_point, shift, qmin: int, qmax: int):
     zero_points = op.Expand(zero_point, op.Shape(shift))
     return fake_quant_onnx(x, scales, zero_points, qmin, qmax, -1)
 
-
-ONNX_TRANSLATIONS = {torch.ops.fxquant.ptf_quant.default: ptf_quant_onnx}

@@ -24,7 +24,12 @@ import torch
 from onnxscript import ir
 from onnxscript import opset21 as op
 
+from fxquant.config import RoleSpec
 from fxquant.errors import FxQuantError
+from fxquant.observers import search
+from fxquant.observers.observer import Observer
+from fxquant.quantizers.base import Quantizer, per_tensor_samples, register
+from fxquant.quantizers.custom_op import quant_op
 
 FINE_STEPS = 65535
 HALF = 256  # L = HALF·high + low, both uint8
@@ -51,7 +56,7 @@ def level_table(bits: int, theta: float, crossover: float = 0.5) -> tuple[torch.
     return levels, inverse(steps[1:] - 0.5)
 
 
-@torch.library.custom_op("fxquant::tan_quant", mutates_args=())
+@quant_op("tan_quant")
 def tan_quant(x: torch.Tensor, thresholds: torch.Tensor, codebook: torch.Tensor,
               fine_scale: torch.Tensor) -> torch.Tensor:
     """x -> codebook[#{t_k <= x}] · fine_scale (the codebook holds integers in [0, 65535]), summed
@@ -61,13 +66,9 @@ def tan_quant(x: torch.Tensor, thresholds: torch.Tensor, codebook: torch.Tensor,
     return high.to(fine_scale.dtype) * (fine_scale * HALF) + low.to(fine_scale.dtype) * fine_scale
 
 
-@tan_quant.register_fake
-def _(x, thresholds, codebook, fine_scale):
-    return torch.empty_like(x)
-
-
+@register("tan")
 @dataclass(frozen=True)
-class TanParams:
+class TanQuantizer(Quantizer):
     """A fitted TanQ quantizer; `delta`, `theta`, `crossover` say how the tables were made."""
     thresholds: torch.Tensor   # (2^b − 1,) float32, absolute
     codebook: torch.Tensor     # (2^b,) int32 in [0, 65535]
@@ -75,45 +76,37 @@ class TanParams:
     delta: float
     theta: float
     crossover: float
+    op = tan_quant
 
     @classmethod
-    def make(cls, bits: int, delta: float, theta: float, crossover: float = 0.5) -> "TanParams":
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> TanQuantizer:
+        """Δ among RepQ's percentiles and the maximum, then θ and c: the MSE-best of the grid."""
+        samples = per_tensor_samples("TanQ", observer, spec)
+        deltas = search.positive_highs(samples, float(observer.max))
+        return search.least_error(cls.candidates(bits, deltas), samples)
+
+    @classmethod
+    def candidates(cls, bits: int, deltas, thetas=THETAS, crossovers=CROSSOVERS):
+        """Every valid (Δ, θ, c) of the grid, Δ outermost."""
+        for delta in deltas:
+            for theta in thetas:
+                for c in crossovers:
+                    if theta * max(c, 1 - c) < math.pi / 2:
+                        yield cls.make(bits, float(delta), theta, c)
+
+    @classmethod
+    def make(cls, bits: int, delta: float, theta: float, crossover: float = 0.5) -> TanQuantizer:
         levels, thresholds = level_table(bits, theta, crossover)
         codebook = torch.round(levels * FINE_STEPS).to(torch.int32)
         return cls((thresholds * delta).float(), codebook,
                    torch.tensor(delta / FINE_STEPS, dtype=torch.float32), delta, theta, crossover)
 
-    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return tan_quant(x, self.thresholds.to(x.device), self.codebook.to(x.device),
-                         self.fine_scale.to(x.device))
-
-    def op(self):
-        return torch.ops.fxquant.tan_quant.default
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"thresholds": self.thresholds, "codebook": self.codebook,
                 "fine_scale": self.fine_scale}
 
-    def constants(self) -> tuple:
-        return ()
 
-
-def fit(samples: torch.Tensor, candidates_delta, bits: int, thetas=THETAS,
-        crossovers=CROSSOVERS) -> TanParams:
-    """The (Δ, θ, c) of the grid with the least MSE on `samples` (values of one tensor)."""
-    best, best_err = None, math.inf
-    for delta in candidates_delta:
-        for theta in thetas:
-            for c in crossovers:
-                if theta * max(c, 1 - c) >= math.pi / 2:
-                    continue
-                params = TanParams.make(bits, float(delta), theta, c)
-                err = (params.fake_quantize(samples) - samples).pow(2).mean().item()
-                if err < best_err:
-                    best, best_err = params, err
-    return best
-
-
+@tan_quant.onnx
 def tan_quant_onnx(x, thresholds, codebook, fine_scale):
     """Binary search for #{t_k <= x} (b compare/select steps), then the codebook's uint8 halves:
     Gather and DequantizeLinear each, summed."""
@@ -129,15 +122,3 @@ def tan_quant_onnx(x, thresholds, codebook, fine_scale):
     return op.Add(op.DequantizeLinear(high, op.Mul(fine_scale, op.CastLike(half, fine_scale))),
                   op.DequantizeLinear(low, fine_scale))
 
-
-ONNX_TRANSLATIONS = {torch.ops.fxquant.tan_quant.default: tan_quant_onnx}
-
-
-def fit_observer(observer, spec, bits: int) -> TanParams:
-    """ACTIVATION_FITTERS["tan"]: Δ among RepQ's percentiles and the maximum, then θ and c."""
-    from fxquant.observers import search
-    if spec.per_channel:
-        raise FxQuantError("TanQ is per tensor: set per_channel=False for the post_softmax role")
-    samples = observer.samples()
-    deltas = {float(search.quantile(samples, p)) for p in search.PERCENTILES} | {float(observer.max)}
-    return fit(samples, sorted(d for d in deltas if d > 0), bits)

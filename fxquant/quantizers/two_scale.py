@@ -27,7 +27,7 @@ where range(G) = max over the group's channels − min over them, both widened t
 zp_G is a code, and each group G ∈ {N, O} has its own zero point, so each covers its whole range
 (the spec's s_N = max R_c / (2^b − 1) with one zero point shared as in PTF clips channels offset
 from each other, and normal channels whenever the global minimum belongs to them). The result is
-a two-level PTF (`pow2.PTFParams`, shift α_c ∈ {0, k}, zero point per channel): the same op, ONNX
+a two-level PTF (`pow2.PTFQuantizer`, shift α_c ∈ {0, k}, zero point per channel): the same op, ONNX
 lowering and integer LayerNorm.
 """
 from __future__ import annotations
@@ -39,8 +39,13 @@ import torch
 from onnxscript import ir
 from onnxscript import opset21 as op
 
+from fxquant.config import RoleSpec
 from fxquant.errors import FxQuantError
-from fxquant.quantizers.pow2 import PTFParams
+from fxquant.observers import search
+from fxquant.observers.observer import Observer
+from fxquant.quantizers.base import Quantizer, per_tensor_samples, register
+from fxquant.quantizers.custom_op import quant_op
+from fxquant.quantizers.pow2 import PTFQuantizer
 from fxquant.quantizers.uniform import MIN_SCALE, qrange
 
 MIN_BITS, MAX_BITS = 3, 8
@@ -66,7 +71,7 @@ def shift_range(bits: int, signed: bool) -> range:
     return range(1, bits - int(signed))
 
 
-@torch.library.custom_op("fxquant::two_scale_quant", mutates_args=())
+@quant_op("two_scale_quant")
 def two_scale_quant(x: torch.Tensor, fine_scale: torch.Tensor, shift: int, lo_small: int,
                     hi_small: int, hi_large: int) -> torch.Tensor:
     """x̂ on the fine grid where round(x / s_S) ≤ hi_small, else on the grid s_S·2^shift."""
@@ -77,12 +82,7 @@ def two_scale_quant(x: torch.Tensor, fine_scale: torch.Tensor, shift: int, lo_sm
     return torch.where(q_small <= hi_small, small, large)
 
 
-@two_scale_quant.register_fake
-def _(x, fine_scale, shift, lo_small, hi_small, hi_large):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("fxquant::two_scale_region", mutates_args=())
+@quant_op("two_scale_region")
 def two_scale_region(x: torch.Tensor, fine_scale: torch.Tensor, shift: int, lo_small: int,
                      hi_small: int, hi_large: int, large: bool) -> torch.Tensor:
     """The values of x above hi_small·s_S (`large`) or the others, 0 elsewhere: the two parts sum
@@ -92,22 +92,38 @@ def two_scale_region(x: torch.Tensor, fine_scale: torch.Tensor, shift: int, lo_s
     return torch.where(above, x, 0.0) if large else torch.where(above, 0.0, x)
 
 
-@two_scale_region.register_fake
-def _(x, fine_scale, shift, lo_small, hi_small, hi_large, large):
-    return torch.empty_like(x)
-
-
+@register("two_scale")
 @dataclass(frozen=True)
-class TwoScaleParams:
+class TwoScaleQuantizer(Quantizer):
     """A fitted V-2SF quantizer: fine scale s_S, shift m (s_L = 2^m·s_S), region code ranges."""
     fine_scale: torch.Tensor   # () float32
     shift: int
     lo_small: int
     hi_small: int
     hi_large: int
+    op = two_scale_quant
 
     @classmethod
-    def make(cls, bits: int, coarse_scale: float, shift: int, signed: bool) -> "TwoScaleParams":
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> TwoScaleQuantizer:
+        """s_L from RepQ's percentiles or the maximum, then m by MSE; the small region is signed
+        when calibration saw negative values (post-GELU)."""
+        samples = per_tensor_samples("two-scale quantization", observer, spec)
+        highs = search.positive_highs(samples, float(observer.max))
+        if not highs:
+            raise FxQuantError(f"the {observer.role} values are never positive: two-scale "
+                               "quantization needs a positive range")
+        return search.least_error(cls.candidates(bits, highs, signed=bool(observer.min < 0)), samples)
+
+    @classmethod
+    def candidates(cls, bits: int, highs, signed: bool, shifts=None):
+        """s_L = high / M for each high, with every shift m of `shift_range` unless given."""
+        _, _, top = region_ranges(bits, signed)
+        for high in highs:
+            for shift in shifts or shift_range(bits, signed):
+                yield cls.make(bits, float(high) / top, shift, signed)
+
+    @classmethod
+    def make(cls, bits: int, coarse_scale: float, shift: int, signed: bool) -> TwoScaleQuantizer:
         lo, hi, top = region_ranges(bits, signed)
         shifts = shift_range(bits, signed)
         if shift not in shifts:
@@ -123,12 +139,6 @@ class TwoScaleParams:
     def coarse_scale(self) -> float:
         return self.fine_scale.item() * 2.0 ** self.shift
 
-    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return two_scale_quant(x, self.fine_scale.to(x.device), *self.constants())
-
-    def op(self):
-        return torch.ops.fxquant.two_scale_quant.default
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"fine_scale": self.fine_scale}
 
@@ -136,67 +146,41 @@ class TwoScaleParams:
         return (self.shift, self.lo_small, self.hi_small, self.hi_large)
 
 
-def fit(samples: torch.Tensor, candidate_highs, bits: int, signed: bool,
-        shifts=None) -> TwoScaleParams:
-    """The (s_L = high / M, m) with the least MSE on `samples`; m over `shift_range` unless
-    fixed."""
-    _, _, top = region_ranges(bits, signed)
-    best, best_err = None, math.inf
-    for high in candidate_highs:
-        for shift in shifts or shift_range(bits, signed):
-            params = TwoScaleParams.make(bits, float(high) / top, shift, signed)
-            err = (params.fake_quantize(samples) - samples).pow(2).mean().item()
-            if err < best_err:
-                best, best_err = params, err
-    return best
+@register("o2sf")
+class OutlierTwoScaleQuantizer(PTFQuantizer):
+    """O-2SF: a two-level PTF (shift 0 or k, a zero point per group) from per-channel ranges."""
+
+    @classmethod
+    def fit(cls, observer: Observer, spec: RoleSpec, bits: int) -> OutlierTwoScaleQuantizer:
+        if not spec.per_channel or observer.min.dim() != 1:
+            raise FxQuantError(f"O-2SF needs per-channel ranges: set per_channel=True for the "
+                               f"{observer.role} role")
+        return cls.from_ranges(observer.min, observer.max, bits)
+
+    @classmethod
+    def from_ranges(cls, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                    ratio: float = OUTLIER_RATIO) -> OutlierTwoScaleQuantizer:
+        """From per-channel calibration ranges [lo_c, hi_c] (channels last); each group's range
+        is widened to contain 0, so its zero point is a code and its grid covers the group."""
+        qmin, qmax = qrange(bits, signed=False)
+        lo, hi = torch.minimum(lo, hi).float(), torch.maximum(lo, hi).float()
+        spread = hi - lo
+        outlier = spread > ratio * spread.median()
+        normal = ~outlier
+        group_lo, group_hi = lo[normal].min().clamp_max(0), hi[normal].max().clamp_min(0)
+        fine = ((group_hi - group_lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
+        k = 0
+        if outlier.any():
+            outlier_lo = lo[outlier].min().clamp_max(0)
+            wide = (hi[outlier].max().clamp_min(0) - outlier_lo) / (qmax - qmin)
+            k = max(1, math.ceil(math.log2(wide.item() / fine.item())))
+            group_lo = torch.where(outlier, outlier_lo, group_lo)
+        shift = torch.where(outlier, k, 0).to(torch.int32)
+        zero_point = torch.round(-group_lo / (fine * torch.exp2(shift.float())))
+        return cls(fine, zero_point.to(torch.int32), shift, qmin, qmax)
 
 
-def fit_observer(observer, spec, bits: int) -> TwoScaleParams:
-    """ACTIVATION_FITTERS["two_scale"]: s_L from RepQ's percentiles or the maximum, then m by MSE;
-    the small region is signed when calibration saw negative values (post-GELU)."""
-    from fxquant.observers import search
-    if spec.per_channel:
-        raise FxQuantError(f"two-scale quantization is per tensor: set per_channel=False for the "
-                           f"{observer.role} role")
-    samples = observer.samples()
-    highs = {float(search.quantile(samples, p)) for p in search.PERCENTILES} | {float(observer.max)}
-    highs = sorted(h for h in highs if h > 0)
-    if not highs:
-        raise FxQuantError(f"the {observer.role} values are never positive: two-scale quantization "
-                           "needs a positive range")
-    return fit(samples, highs, bits, signed=bool(observer.min < 0))
-
-
-def fit_outlier_channels(lo: torch.Tensor, hi: torch.Tensor, bits: int,
-                         ratio: float = OUTLIER_RATIO) -> PTFParams:
-    """O-2SF from per-channel calibration ranges [lo_c, hi_c] (channels last); each group's range
-    is widened to contain 0, so its zero point is a code and its grid covers the group."""
-    qmin, qmax = qrange(bits, signed=False)
-    lo, hi = torch.minimum(lo, hi).float(), torch.maximum(lo, hi).float()
-    spread = hi - lo
-    outlier = spread > ratio * spread.median()
-    normal = ~outlier
-    group_lo, group_hi = lo[normal].min().clamp_max(0), hi[normal].max().clamp_min(0)
-    fine = ((group_hi - group_lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
-    k = 0
-    if outlier.any():
-        outlier_lo = lo[outlier].min().clamp_max(0)
-        wide = (hi[outlier].max().clamp_min(0) - outlier_lo) / (qmax - qmin)
-        k = max(1, math.ceil(math.log2(wide.item() / fine.item())))
-        group_lo = torch.where(outlier, outlier_lo, group_lo)
-    shift = torch.where(outlier, k, 0).to(torch.int32)
-    zero_point = torch.round(-group_lo / (fine * torch.exp2(shift.float())))
-    return PTFParams(fine, zero_point.to(torch.int32), shift, qmin, qmax)
-
-
-def fit_outlier_observer(observer, spec, bits: int) -> PTFParams:
-    """ACTIVATION_FITTERS["o2sf"]: O-2SF from a per-channel observer's min and max."""
-    if not spec.per_channel or observer.min.dim() != 1:
-        raise FxQuantError(f"O-2SF needs per-channel ranges: set per_channel=True for the "
-                           f"{observer.role} role")
-    return fit_outlier_channels(observer.min, observer.max, bits)
-
-
+@two_scale_quant.onnx
 def two_scale_quant_onnx(x, fine_scale, shift: int, lo_small: int, hi_small: int, hi_large: int):
     """q = QuantizeLinear(x, s_S, int16) picks the region; codes on the fine grid (region L's
     shifted left by m) go through one int16 DequantizeLinear."""
@@ -216,6 +200,7 @@ def two_scale_quant_onnx(x, fine_scale, shift: int, lo_small: int, hi_small: int
     return op.DequantizeLinear(op.Cast(code, to=int16), fine_scale, zero16)
 
 
+@two_scale_region.onnx
 def two_scale_region_onnx(x, fine_scale, shift: int, lo_small: int, hi_small: int, hi_large: int,
                           large: bool):
     """One region's codes (the zero point elsewhere) through a uint8 QuantizeLinear /
@@ -229,6 +214,3 @@ def two_scale_region_onnx(x, fine_scale, shift: int, lo_small: int, hi_small: in
     codes = op.Where(above, codes, zero_point) if large else op.Where(above, zero_point, codes)
     return op.DequantizeLinear(codes, scale, zero_point)
 
-
-ONNX_TRANSLATIONS = {torch.ops.fxquant.two_scale_quant.default: two_scale_quant_onnx,
-                     torch.ops.fxquant.two_scale_region.default: two_scale_region_onnx}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F

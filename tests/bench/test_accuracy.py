@@ -53,7 +53,7 @@ def test_bad_selection_is_refused(capsys, flag, message):
 
 
 def test_peers_are_chosen_by_bits():
-    chosen = accuracy._select_peers(None, ["w4a4"])
+    chosen = accuracy.select_peers(None, ["w4a4"])
     assert chosen and all(p.bits == "w4a4" for p in chosen)
 
 

@@ -6,7 +6,6 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
-from torch import nn
 
 import fxquant
 from fxquant import FxQuantError, config

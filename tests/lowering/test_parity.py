@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from fxquant.lowering.parity import onnx_output, tie_and_edge_values
-from fxquant.quantizers.uniform import params_from_range, qrange
+from fxquant.quantizers.uniform import UniformQuantizer, qrange
 
 
 class _FakeQuant(nn.Module):
@@ -36,7 +36,7 @@ class _Dequantize(nn.Module):
 def test_uniform_per_tensor_parity_on_ties_edges_and_random_values(bits, symmetric):
     g = torch.Generator().manual_seed(bits)
     calib = torch.randn(1000, generator=g) * 3 + 0.7
-    p = params_from_range(calib.min(), calib.max(), bits, symmetric)
+    p = UniformQuantizer.from_range(calib.min(), calib.max(), bits, symmetric)
     adversarial = torch.from_numpy(tie_and_edge_values(p.scale.item(), p.zero_point.item(),
                                                        p.qmin, p.qmax))
     x = torch.cat([adversarial, torch.randn(4000, generator=g) * 5])
@@ -48,7 +48,7 @@ def test_uniform_per_tensor_parity_on_ties_edges_and_random_values(bits, symmetr
 def test_uniform_per_channel_parity(bits):
     g = torch.Generator().manual_seed(0)
     calib = torch.randn(64, 6, generator=g) * torch.linspace(0.1, 10, 6)
-    p = params_from_range(calib.amin(0), calib.amax(0), bits, symmetric=False, axis=-1)
+    p = UniformQuantizer.from_range(calib.amin(0), calib.amax(0), bits, symmetric=False, axis=-1)
     x = torch.randn(3, 50, 6, generator=g) * 12
     module = _FakeQuant(p)
     assert torch.equal(onnx_output(module, x[:1], x), module(x))

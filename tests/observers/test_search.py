@@ -4,15 +4,16 @@ import torch
 from fxquant import FxQuantError
 from fxquant.observers import search
 from fxquant.observers.observer import Observer
+from fxquant.quantizers.uniform import UniformQuantizer
 
 
 def test_percentile_mse_picks_the_least_error_per_channel():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 3, generator=g)
     x[0, 0] = 200.0                                          # one outlier in channel 0
-    best = search.percentile_mse(x, bits=4, symmetric=False)
+    best = UniformQuantizer.from_samples("mse", x, x.amin(0), x.amax(0), 4, False)
     for p in search.PERCENTILES:
-        other = search.percentile(x, bits=4, symmetric=False, p=p)
+        other = UniformQuantizer.from_range(*search.percentile_ranges(x, (p,))[0], 4, False)
         best_err = (best.fake_quantize(x) - x).pow(2).mean(0)
         other_err = (other.fake_quantize(x) - x).pow(2).mean(0)
         assert (best_err <= other_err + 1e-9).all()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, config, passes, roles
+from fxquant import FxQuantError, config, pipeline, roles
 from fxquant.lowering.parity import onnx_output
 from fxquant.passes.contrastive_search import contrastive_loss, contrastive_search
 from fxquant.passes.float_reference import float_reference
@@ -151,7 +151,7 @@ def test_a_scale_another_op_reads_is_left_alone():
 
 def test_registered_as_a_refinement_and_deterministic_with_a_seed():
     assert config.resolve("minmax+cpt-v").refine == ("cpt-v",)
-    assert passes.load("cpt-v", passes.REFINEMENTS) is contrastive_search
+    assert pipeline.get("cpt-v", pipeline.REFINEMENTS) is contrastive_search
     calib, cfg, qmodel = _setup(spoil=1.5, cptv_passes=1, cptv_holdout=0, cptv_noise=0.1)
     seeded = lambda seed: contrastive_search(  # noqa: E731
         copy.deepcopy(qmodel), replace(cfg, options={**cfg.options, "cptv_seed": seed}), calib)

@@ -6,7 +6,7 @@ from torch import nn
 
 import fxquant
 from fxquant import patterns
-from fxquant.quantizers.int_softmax import lis_params
+from fxquant.quantizers.int_softmax import LISQuantizer
 
 LOG_QUANT = torch.ops.fxquant.log_quant.default
 
@@ -48,7 +48,7 @@ def test_lis_read_outside_a_product_keeps_float_softmax_with_lis_levels():
     qmodel, ops, _ = _convert(_Attention(mixed=True).eval(), "w8a8attn4")
     assert ops["softmax"] == 1 and ops[LOG_QUANT] == 1
     node = next(n for n in qmodel.graph.nodes if n.target is LOG_QUANT)
-    assert torch.equal(qmodel.get_buffer(node.args[1].target), lis_params(4).thresholds)
+    assert torch.equal(qmodel.get_buffer(node.args[1].target), LISQuantizer.for_bits(4).thresholds)
 
 
 class _PaddedAttention(_Attention):

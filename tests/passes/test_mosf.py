@@ -9,12 +9,12 @@ from fxquant.calibrate import calibrate
 from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.passes.insert_observers import insert_observers
 from fxquant.passes.reparameterize_layernorm import fold_factors, reparameterize_layernorm
-from fxquant.quantizers.uniform import UniformParams
+from fxquant.quantizers.uniform import UniformQuantizer
 
 
 def test_worked_example_of_the_spec():
     scale = torch.tensor([0.10, 0.12, 0.11, 0.09, 2.0])
-    params = UniformParams(scale, torch.tensor([8, 7, 8, 9, 3], dtype=torch.int32), 0, 15)
+    params = UniformQuantizer(scale, torch.tensor([8, 7, 8, 9, 3], dtype=torch.int32), 0, 15)
     r, t, per_tensor = fold_factors(params, "median")
     assert per_tensor.scale.item() == torch.tensor(0.11).item() and per_tensor.zero_point.item() == 8
     torch.testing.assert_close(r, torch.tensor([0.9091, 1.0909, 1.0, 0.8182, 18.1818]), atol=1e-4, rtol=0)

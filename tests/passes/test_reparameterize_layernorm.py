@@ -11,7 +11,7 @@ from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.passes.insert_observers import insert_observers, observer_nodes
 from fxquant.passes.quantize import FITTED_ATTR
 from fxquant.passes.reparameterize_layernorm import fold_factors, reparameterize_layernorm
-from fxquant.quantizers.uniform import UniformParams, fake_quantize
+from fxquant.quantizers.uniform import UniformQuantizer, fake_quantize
 
 CFG = config.resolve("repq-vit", "w4a4")
 
@@ -86,7 +86,7 @@ def test_swin_padding_is_shifted_so_padded_tokens_are_unchanged():
 def test_per_tensor_grid_equals_the_channel_wise_grid():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5000, 6, generator=g) * torch.tensor([0.1, 0.5, 2, 8, 0.3, 1]) + torch.arange(6)
-    channel = UniformParams(torch.rand(6, generator=g) + 0.05,
+    channel = UniformQuantizer(torch.rand(6, generator=g) + 0.05,
                             torch.randint(0, 16, (6,), generator=g, dtype=torch.int32), 0, 15)
     r, t, per_tensor = fold_factors(channel)
     folded = per_tensor.fake_quantize(x / r + t)
@@ -94,7 +94,7 @@ def test_per_tensor_grid_equals_the_channel_wise_grid():
 
 
 def test_spec_worked_example():
-    r, t, per_tensor = fold_factors(UniformParams(torch.tensor([0.1, 0.5]),
+    r, t, per_tensor = fold_factors(UniformQuantizer(torch.tensor([0.1, 0.5]),
                                                   torch.tensor([8, 4], dtype=torch.int32), 0, 15))
     torch.testing.assert_close(r, torch.tensor([1 / 3, 5 / 3]))
     torch.testing.assert_close(t, torch.tensor([0.6, -0.6]))
@@ -134,7 +134,7 @@ def test_unfoldable_layouts_are_refused(model, match):
 
 def test_unknown_fold_target_is_refused():
     with pytest.raises(FxQuantError, match="fold_target"):
-        fold_factors(UniformParams(torch.ones(2), torch.zeros(2, dtype=torch.int32), 0, 15), "nope")
+        fold_factors(UniformQuantizer(torch.ones(2), torch.zeros(2, dtype=torch.int32), 0, 15), "nope")
 
 
 class _PatchNorm(nn.Module):

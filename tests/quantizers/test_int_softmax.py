@@ -4,7 +4,7 @@ from torch import nn
 
 from fxquant.lowering.parity import onnx_output
 from fxquant.quantizers import int_softmax as isx
-from fxquant.quantizers.uniform import params_from_range
+from fxquant.quantizers.uniform import UniformQuantizer
 
 S = torch.tensor(0.1)
 
@@ -17,7 +17,7 @@ def test_worked_example_of_the_spec():
     assert c.constants() == (-444, 1732, 1143650, 24, 64)
     e, total = isx.exp_int(x, S, *c.constants())
     assert e.tolist() == [[1143650 << 24, 842594 << 23, 618370 << 22, 992770 << 17]]
-    p = isx.lis_params(4)
+    p = isx.LISQuantizer.for_bits(4)
     a = isx.lis_attention(x, torch.eye(4), S, torch.tensor(0), p.codes, p.scales, 0, *c.constants())
     assert a.tolist() == [[0.5, 0.25, 0.125, 2 ** -8]]
 
@@ -31,7 +31,7 @@ def test_linear_midpoint_rounding_and_masking():
 def _logits(seed=0, std=3.0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, 17, 17, generator=g) * std
-    p = params_from_range(x.min(), x.max(), 8, symmetric=False)
+    p = UniformQuantizer.from_range(x.min(), x.max(), 8, symmetric=False)
     return p, p.fake_quantize(x)
 
 
@@ -60,7 +60,7 @@ class _Op(nn.Module):
 def test_a_coarse_4_bit_grid_is_shifted_onto_a_finer_one_and_stays_bit_exact_in_onnx():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 3, 9, 9, generator=g) * 8
-    p = params_from_range(x.min(), x.max(), 4, symmetric=False)  # scale > ln 2
+    p = UniformQuantizer.from_range(x.min(), x.max(), 4, symmetric=False)  # scale > ln 2
     x = p.fake_quantize(x)
     c = isx.ExpConstants.make(p.scale.item())
     assert c.up > 1 and c.x0 <= -isx.LN2_CODES
@@ -92,7 +92,7 @@ class _LIS(nn.Module):
 def test_onnx_parity_of_log_int_softmax_codes_bit_exact():
     p, x = _logits(2)
     c = isx.ExpConstants.make(p.scale.item()).constants()
-    module = _LIS(p, isx.lis_params(4), c)
+    module = _LIS(p, isx.LISQuantizer.for_bits(4), c)
     assert torch.equal(onnx_output(module, x[:1], x), module(x))
 
 
@@ -112,7 +112,7 @@ def test_padded_positions_weigh_nothing_and_the_rest_is_the_unpadded_softmax():
         torch.testing.assert_close(y[0, ..., :11], isx.int_softmax(x[0, ..., :11], p.scale, p.zero_point,
                                                                    p.qmin, *c), rtol=1e-6, atol=1e-8)
         torch.testing.assert_close(y[1:], isx.int_softmax(x[1:], p.scale, p.zero_point, p.qmin, *c))
-    lis = isx.lis_params(4)
+    lis = isx.LISQuantizer.for_bits(4)
     a = isx.lis_attention(x, torch.eye(17), p.scale, p.zero_point, lis.codes, lis.scales, p.qmin, *c,
                           additive)
     assert (a[0, ..., 11:] == 0).all()

@@ -7,13 +7,14 @@ from torch import nn
 from fxquant import FxQuantError, RoleSpec, roles
 from fxquant.lowering.parity import onnx_output
 from fxquant.observers.observer import Observer
-from fxquant.quantizers import activation_fitter
-from fxquant.quantizers.log2 import LogParams, fit
-from fxquant.quantizers.uniform import UniformParams
+from fxquant import quantizers
+from fxquant.observers import search
+from fxquant.quantizers.log2 import LogQuantizer
+from fxquant.quantizers.uniform import UniformQuantizer
 
 
 def test_worked_example_of_the_spec():
-    p = LogParams.make(bits=4, delta=0.8, root=2)
+    p = LogQuantizer.make(bits=4, delta=0.8, root=2)
     x = torch.tensor([0.62, 0.21, 0.05, 0.004, 0.0008])
     torch.testing.assert_close(p.fake_quantize(x),
                                torch.tensor([0.8 * 2 ** -0.5, 0.2, 0.05, 0.8 * 2 ** -7.5, 0.0]))
@@ -26,7 +27,7 @@ def test_worked_example_of_the_spec():
 @pytest.mark.parametrize("root", [1, 2])
 def test_codes_follow_the_rounded_log_and_mask_below_the_last_level(bits, root):
     delta = 0.7
-    p = LogParams.make(bits, delta, root)
+    p = LogQuantizer.make(bits, delta, root)
     x = torch.cat([torch.rand(5000).pow(8) * 1.2, torch.tensor([0.0, 5.0, -1.0])])
     q = torch.round(-root * torch.log2(x.double() / delta)).clamp_min(0)
     expected = torch.where(q >= 2 ** bits, 0.0, delta * torch.exp2(-q / root))
@@ -36,21 +37,21 @@ def test_codes_follow_the_rounded_log_and_mask_below_the_last_level(bits, root):
 
 def test_bad_settings_are_refused():
     with pytest.raises(FxQuantError, match="bits"):
-        LogParams.make(9, 1.0, 2)
+        LogQuantizer.make(9, 1.0, 2)
     with pytest.raises(FxQuantError, match="Δ"):
-        LogParams.make(4, 0.0, 2)
+        LogQuantizer.make(4, 0.0, 2)
 
 
 def test_the_search_picks_the_least_mse_delta():
     x = torch.softmax(torch.randn(64, 65) * 3, -1).flatten()
     deltas = [x.max().item(), x.max().item() / 8]
-    best = fit(x, deltas, bits=4, root=2)
-    errors = [(LogParams.make(4, d, 2).fake_quantize(x) - x).pow(2).mean() for d in deltas]
+    best = search.least_error((LogQuantizer.make(4, d, 2) for d in deltas), x)
+    errors = [(LogQuantizer.make(4, d, 2).fake_quantize(x) - x).pow(2).mean() for d in deltas]
     assert best.delta == deltas[int(torch.stack(errors).argmin())]
 
 
 class _Log(nn.Module):
-    def __init__(self, p: LogParams):
+    def __init__(self, p: LogQuantizer):
         super().__init__()
         for name, value in p.tensors().items():
             self.register_buffer(name, value)
@@ -62,7 +63,7 @@ class _Log(nn.Module):
 
 @pytest.mark.parametrize("bits,root", [(3, 1), (4, 1), (4, 2), (6, 2), (8, 1)])
 def test_onnx_matches_the_reference_bit_for_bit(bits, root):
-    p = LogParams.make(bits, 0.83, root)
+    p = LogQuantizer.make(bits, 0.83, root)
     module = _Log(p).eval()
     x = torch.cat([torch.rand(4000).pow(6), p.thresholds,
                    torch.nextafter(p.thresholds, torch.tensor(-1.0)),
@@ -73,14 +74,14 @@ def test_onnx_matches_the_reference_bit_for_bit(bits, root):
 @pytest.mark.parametrize("bits,root,dequantize_nodes", [(4, 2, 2), (4, 1, 2), (3, 1, 1), (6, 2, 0)])
 def test_up_to_two_branches_lower_to_uint8_dequantize_else_a_level_gather(bits, root, dequantize_nodes):
     from fxquant.lowering.export import to_onnx_ir
-    model = to_onnx_ir(_Log(LogParams.make(bits, 0.5, root)).eval(), torch.rand(1, 8))
+    model = to_onnx_ir(_Log(LogQuantizer.make(bits, 0.5, root)).eval(), torch.rand(1, 8))
     types = [n.op_type for n in model.graph.all_nodes()]
     assert types.count("DequantizeLinear") == dequantize_nodes
 
 
-@pytest.mark.parametrize("bits,kind", [(4, LogParams), (8, UniformParams)])
+@pytest.mark.parametrize("bits,kind", [(4, LogQuantizer), (8, UniformQuantizer)])
 def test_the_recipe_keeps_log_sqrt2_where_its_mse_is_lower(bits, kind):
     observer = Observer(roles.POST_SOFTMAX)
     observer(torch.softmax(torch.randn(8, 3, 65, 65, generator=torch.Generator().manual_seed(0)) * 2, -1))
     spec = RoleSpec(quantizer="logsqrt2_or_uniform", observer="mse", bits="attn")
-    assert isinstance(activation_fitter(spec.quantizer)(observer, spec, bits), kind)
+    assert isinstance(quantizers.get(spec.quantizer).fit(observer, spec, bits), kind)

@@ -23,7 +23,7 @@ from fxquant.observers import search
 from fxquant.quantizers import int_softmax as isx
 from fxquant.quantizers import log2, pow2, tan, two_scale
 from fxquant.quantizers.int_layernorm import int_layer_norm
-from fxquant.quantizers.uniform import params_from_range, quantize_codes
+from fxquant.quantizers.uniform import UniformQuantizer, quantize_codes
 
 FAST = settings(max_examples=25, deadline=None)
 SLOW = settings(max_examples=4, deadline=None,  # one ONNX export per example, no shrinking
@@ -73,7 +73,7 @@ def assert_idempotent_and_monotone(fq, x):
        seed=seeds)
 def test_uniform_grid_covers_its_range(r, bits, symmetric, per_channel, seed):
     lo, hi = r if per_channel else (r[0].min(), r[1].max())
-    p = params_from_range(lo, hi, bits, symmetric, axis=1)
+    p = UniformQuantizer.from_range(lo, hi, bits, symmetric, axis=1)
     x = inside(lo, hi, seed)
     codes = quantize_codes(around(x), p.scale, p.zero_point, p.qmin, p.qmax, p.axis)
     assert codes.min() >= p.qmin and codes.max() <= p.qmax
@@ -87,12 +87,14 @@ def test_uniform_grid_covers_its_range(r, bits, symmetric, per_channel, seed):
 @given(r=ranges(), bits=st.integers(2, 8), symmetric=st.booleans(), seed=seeds)
 def test_percentile_search_keeps_a_grid_no_worse_than_any_candidate(r, bits, symmetric, seed):
     samples = inside(*r, seed)
-    best = search.percentile_mse(samples, bits, symmetric)
+    best = UniformQuantizer.from_samples("mse", samples, samples.amin(0), samples.amax(0), bits,
+                                         symmetric)
     assert ((best.zero_point >= best.qmin) & (best.zero_point <= best.qmax)).all()
     def mse(p):
         return (p.fake_quantize(samples) - samples).pow(2).mean(0)
     for q in search.PERCENTILES:
-        candidate = search.percentile(samples, bits, symmetric, p=q)
+        candidate = UniformQuantizer.from_range(*search.percentile_ranges(samples, (q,))[0], bits,
+                                                symmetric)
         assert (mse(best) <= mse(candidate) * (1 + 1e-6)).all()
 
 
@@ -100,7 +102,7 @@ def test_percentile_search_keeps_a_grid_no_worse_than_any_candidate(r, bits, sym
 @given(r=ranges(), bits=st.integers(2, 8), seed=seeds)
 def test_ptf_layer_grid_covers_the_range_and_each_channel_grid_its_values(r, bits, seed):
     samples = inside(*r, seed)
-    p = pow2.fit(samples, samples.min(), samples.max(), bits)
+    p = pow2.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), bits)
     steps = pow2.channel_scales(p.scale, p.shift)
     codes = quantize_codes(around(samples), steps, p.zero_point, p.qmin, p.qmax, -1)
     assert codes.min() >= p.qmin and codes.max() <= p.qmax and p.shift.max() <= pow2.K
@@ -118,7 +120,7 @@ def test_ptf_layer_grid_covers_the_range_and_each_channel_grid_its_values(r, bit
 def test_o2sf_covers_every_channel(r, outliers, mask, bits, seed):
     lo, hi = r
     hi = lo + (hi - lo).clamp(0.5, 2) * torch.where(torch.tensor(mask), torch.tensor(outliers), 1.0)
-    p = two_scale.fit_outlier_channels(lo, hi, bits)
+    p = two_scale.OutlierTwoScaleQuantizer.from_ranges(lo, hi, bits)
     steps = pow2.channel_scales(p.scale, p.shift)
     x = inside(lo, hi, seed)
     codes = quantize_codes(around(x), steps, p.zero_point, p.qmin, p.qmax, -1)
@@ -138,7 +140,7 @@ def two_scale_settings(draw):
 @given(settings_=two_scale_settings(), coarse=st.floats(1e-4, 10), seed=seeds)
 def test_two_scale_is_within_half_the_step_of_its_region(settings_, coarse, seed):
     bits, shift, signed = settings_
-    p = two_scale.TwoScaleParams.make(bits, coarse, shift, signed)
+    p = two_scale.TwoScaleQuantizer.make(bits, coarse, shift, signed)
     fine, coarse = p.fine_scale, p.fine_scale * 2 ** p.shift
     x = inside(p.lo_small * fine, p.hi_large * coarse, seed, n=1000)
     codes = p.fake_quantize(around(x)) / fine
@@ -153,7 +155,7 @@ def test_two_scale_is_within_half_the_step_of_its_region(settings_, coarse, seed
 @given(bits=st.integers(log2.MIN_BITS, log2.MAX_BITS), root=st.sampled_from([1, 2]),
        delta=st.floats(1e-3, 100), seed=seeds)
 def test_log_quantizers_are_within_half_a_step_of_log2(bits, root, delta, seed):
-    p = log2.LogParams.make(bits, delta, root)
+    p = log2.LogQuantizer.make(bits, delta, root)
     g = torch.Generator().manual_seed(seed)
     depth = (2 ** bits + 2) / root                                # octaves below Δ, and beyond
     x = (delta * torch.exp2(-torch.rand(1000, C, generator=g) * depth)).float()
@@ -173,7 +175,7 @@ def tan_params(draw):
     theta, c = draw(st.sampled_from([(t, c) for t in tan.THETAS for c in tan.CROSSOVERS
                                      if t * max(c, 1 - c) < math.pi / 2]))
     bits = draw(st.integers(tan.MIN_BITS, tan.MAX_BITS))
-    return tan.TanParams.make(bits, draw(st.floats(1e-3, 100)), theta, c), bits
+    return tan.TanQuantizer.make(bits, draw(st.floats(1e-3, 100)), theta, c), bits
 
 
 @FAST
@@ -217,7 +219,7 @@ def test_integer_softmax_is_within_its_stated_bound_of_softmax(scale, bits, leng
     eps = I_EXP_ERROR + torch.expm1(halvings.clamp(max=c.n) * math.log1p(HALVING_ERROR))
     mean_eps = (p * eps).sum(-1, keepdim=True)
     assert ((y - p).abs() <= p * (eps + mean_eps) / (1 - mean_eps) + 2.0 ** (1 - c.n)).all()
-    lis = isx.lis_params(4)
+    lis = isx.LISQuantizer.for_bits(4)
     a = isx.lis_attention(x, torch.eye(length), s, zp, lis.codes, lis.scales, -128, *c.constants())
     levels = lis.codes.shape[1] - 1
     seen = p >= 2.0 ** -(levels - 2)
@@ -236,11 +238,11 @@ def test_integer_layernorm_is_within_a_step_and_its_multiplier_of_layernorm(chan
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(32, channels, generator=g) * spread * torch.rand(channels, generator=g)
          + offset + torch.randn(channels, generator=g) * spread)
-    p = pow2.fit(x, x.min(), x.max(), 8)
+    p = pow2.PTFQuantizer.from_samples(x, x.min(), x.max(), 8)
     xq = p.fake_quantize(x)
     weight, bias = torch.rand(channels, generator=g) + 0.5, torch.randn(channels, generator=g)
     ref = F.layer_norm(xq.double(), (channels,), weight.double(), bias.double(), eps=1e-12)
-    out = params_from_range(ref.min(), ref.max(), 8, symmetric=False)
+    out = UniformQuantizer.from_range(ref.min(), ref.max(), 8, symmetric=False)
     y = int_layer_norm(xq, p.scale, p.zero_point, p.shift, weight, bias, out.scale,
                        out.zero_point, out.qmin, out.qmax)
     assert torch.equal(out.fake_quantize(y), y)
@@ -264,7 +266,7 @@ class _Quantizers(nn.Module):
                 self.register_buffer(f"p{i}_{name}", value)
 
     def forward(self, x):
-        return torch.stack([p.op()(x[:, i], *(getattr(self, f"p{i}_{k}") for k in p.tensors()),
+        return torch.stack([p.op(x[:, i], *(getattr(self, f"p{i}_{k}") for k in p.tensors()),
                                    *p.constants()) for i, p in enumerate(self.params)], 1)
 
 
@@ -276,12 +278,12 @@ def test_onnx_computes_what_the_reference_computes(r, bits, two, root, tq, seed)
     two_bits, shift, signed = two
     x = inside(lo - (hi - lo), hi + (hi - lo), seed)
     scale = (hi - lo).max().item() / 4
-    params = [params_from_range(lo.min(), hi.max(), bits, False),
-              params_from_range(lo, hi, bits, True, axis=-1),
-              pow2.fit(x, lo.min(), hi.max(), 8),
-              two_scale.TwoScaleParams.make(two_bits, scale / 2 ** shift, shift, signed),
-              log2.LogParams.make(min(bits + 2, log2.MAX_BITS), scale, root),
-              tan.TanParams.make(tq[1], scale, tq[0].theta, tq[0].crossover)]
+    params = [UniformQuantizer.from_range(lo.min(), hi.max(), bits, False),
+              UniformQuantizer.from_range(lo, hi, bits, True, axis=-1),
+              pow2.PTFQuantizer.from_samples(x, lo.min(), hi.max(), 8),
+              two_scale.TwoScaleQuantizer.make(two_bits, scale / 2 ** shift, shift, signed),
+              log2.LogQuantizer.make(min(bits + 2, log2.MAX_BITS), scale, root),
+              tan.TanQuantizer.make(tq[1], scale, tq[0].theta, tq[0].crossover)]
     module = _Quantizers(params).eval()
     x = x[:, None].expand(-1, len(params), -1)
     assert torch.equal(onnx_output(module, x[:2], x), module(x))

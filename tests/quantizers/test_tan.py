@@ -9,11 +9,12 @@ from torch import nn
 import fxquant
 from fxquant import FxQuantError, RoleSpec, config, roles
 from fxquant.lowering.parity import onnx_output
-from fxquant.quantizers.tan import TanParams, fit, level_table
+from fxquant.observers import search
+from fxquant.quantizers.tan import TanQuantizer, level_table
 
 
 def test_worked_example_of_the_spec():
-    p = TanParams.make(bits=4, delta=1.0, theta=0.9 * math.pi)
+    p = TanQuantizer.make(bits=4, delta=1.0, theta=0.9 * math.pi)
     assert p.codebook.tolist() == [0, 549, 1289, 2341, 3943, 6640, 11884, 23533, 42002, 53651,
                                    58895, 61592, 63194, 64246, 64986, 65535]
     y = p.fake_quantize(torch.tensor([0.62, 0.21, 0.05, 0.004, 0.97]))
@@ -24,7 +25,7 @@ def test_worked_example_of_the_spec():
 @pytest.mark.parametrize("theta,c", [(0.5 * math.pi, 0.5), (0.95 * math.pi, 0.5), (0.6 * math.pi, 0.8)])
 def test_codes_round_in_companded_space_and_saturate(bits, theta, c):
     delta = 0.7
-    p = TanParams.make(bits, delta, theta, c)
+    p = TanQuantizer.make(bits, delta, theta, c)
     x = torch.cat([torch.rand(2000) * delta, torch.tensor([-0.1, 0.0, delta, 1.0])])
     n = 2 ** bits - 1
     u0, u1 = math.tan(-theta * c), math.tan(theta * (1 - c))
@@ -46,18 +47,18 @@ def test_levels_are_dense_at_both_ends():
 @pytest.mark.parametrize("bits,theta,c", [(2, 1.0, 0.5), (9, 1.0, 0.5), (4, 0.9 * math.pi, 0.8)])
 def test_bad_settings_are_refused(bits, theta, c):
     with pytest.raises(FxQuantError, match="TanQ"):
-        TanParams.make(bits, 1.0, theta, c)
+        TanQuantizer.make(bits, 1.0, theta, c)
 
 
 def test_the_search_beats_a_fixed_choice():
     x = torch.softmax(torch.randn(64, 65) * 3, -1).flatten()
-    best = fit(x, [x.max().item()], bits=4)
-    fixed = TanParams.make(4, x.max().item(), 0.5 * math.pi)
+    best = search.least_error(TanQuantizer.candidates(4, [x.max().item()]), x)
+    fixed = TanQuantizer.make(4, x.max().item(), 0.5 * math.pi)
     assert (best.fake_quantize(x) - x).pow(2).mean() <= (fixed.fake_quantize(x) - x).pow(2).mean()
 
 
 class _Tan(nn.Module):
-    def __init__(self, p: TanParams):
+    def __init__(self, p: TanQuantizer):
         super().__init__()
         for name, value in p.tensors().items():
             self.register_buffer(name, value)
@@ -68,7 +69,7 @@ class _Tan(nn.Module):
 
 @pytest.mark.parametrize("bits", [3, 6])
 def test_onnx_matches_the_reference_bit_for_bit(bits):
-    p = TanParams.make(bits, 0.83, 0.7 * math.pi, 0.7)
+    p = TanQuantizer.make(bits, 0.83, 0.7 * math.pi, 0.7)
     module = _Tan(p).eval()
     x = torch.cat([torch.rand(4000).pow(4), p.thresholds,
                    torch.nextafter(p.thresholds, torch.tensor(-1.0)), torch.tensor([0.0, 2.0, -1.0])])

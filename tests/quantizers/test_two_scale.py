@@ -7,12 +7,13 @@ from torch import nn
 import fxquant
 from fxquant import FxQuantError, RoleSpec, config, roles
 from fxquant.lowering.parity import onnx_output
-from fxquant.quantizers.two_scale import TwoScaleParams, fit, fit_outlier_channels
-from fxquant.quantizers.uniform import params_from_range
+from fxquant.observers import search
+from fxquant.quantizers.two_scale import OutlierTwoScaleQuantizer, TwoScaleQuantizer
+from fxquant.quantizers.uniform import UniformQuantizer
 
 
 def test_worked_example_of_the_spec():
-    p = TwoScaleParams.make(bits=8, coarse_scale=1 / 127, shift=4, signed=False)
+    p = TwoScaleQuantizer.make(bits=8, coarse_scale=1 / 127, shift=4, signed=False)
     y = p.fake_quantize(torch.tensor([0.62, 0.21, 0.05, 0.004, 0.0008]))
     fine_codes = torch.tensor([79 * 16, 27 * 16, 102, 8, 2], dtype=torch.float32)
     assert torch.equal(y, fine_codes * p.fine_scale)
@@ -21,7 +22,7 @@ def test_worked_example_of_the_spec():
 @pytest.mark.parametrize("bits,shift,signed",
                          [(8, 4, False), (8, 3, True), (4, 2, True), (3, 2, False)])
 def test_regions_levels_and_saturation(bits, shift, signed):
-    p = TwoScaleParams.make(bits, 2.0 ** -3, shift, signed)  # power-of-two scale: x̂ / s is exact
+    p = TwoScaleQuantizer.make(bits, 2.0 ** -3, shift, signed)  # power-of-two scale: x̂ / s is exact
     s = p.fine_scale.item()
     x = torch.linspace(-2, 20, 20001)
     codes = p.fake_quantize(x) / s
@@ -36,14 +37,14 @@ def test_regions_levels_and_saturation(bits, shift, signed):
 def test_search_beats_uniform_on_softmax_and_finds_the_negative_lobe_of_gelu():
     g = torch.Generator().manual_seed(0)
     attn = torch.softmax(torch.randn(64, 65, generator=g) * 3, -1).flatten()
-    two = fit(attn, [attn.max().item()], bits=8, signed=False)
-    uni = params_from_range(attn.min(), attn.max(), 8, symmetric=False)
+    two = search.least_error(TwoScaleQuantizer.candidates(8, [attn.max().item()], signed=False), attn)
+    uni = UniformQuantizer.from_range(attn.min(), attn.max(), 8, symmetric=False)
     def mse(params):
         return (params.fake_quantize(attn) - attn).pow(2).mean()
     assert mse(two) < mse(uni)
 
     gelu = nn.functional.gelu(torch.randn(20000, generator=g) * 2)
-    p = fit(gelu, [gelu.max().item()], bits=8, signed=True)
+    p = search.least_error(TwoScaleQuantizer.candidates(8, [gelu.max().item()], signed=True), gelu)
     assert p.lo_small < 0 and p.fake_quantize(torch.tensor([-0.1])).item() < 0
 
 
@@ -51,11 +52,11 @@ def test_search_beats_uniform_on_softmax_and_finds_the_negative_lobe_of_gelu():
                                                (4, 3, True)])  # region L's first level would be 0
 def test_bad_settings_are_refused(bits, shift, signed):
     with pytest.raises(FxQuantError, match="two-scale"):
-        TwoScaleParams.make(bits, 0.1, shift, signed)
+        TwoScaleQuantizer.make(bits, 0.1, shift, signed)
 
 
 class _TwoScale(nn.Module):
-    def __init__(self, p: TwoScaleParams):
+    def __init__(self, p: TwoScaleQuantizer):
         super().__init__()
         self.register_buffer("fine_scale", p.fine_scale)
         self.constants = p.constants()
@@ -66,7 +67,7 @@ class _TwoScale(nn.Module):
 
 @pytest.mark.parametrize("bits,shift,signed", [(8, 4, False), (8, 6, True), (4, 2, True)])
 def test_onnx_matches_the_reference_bit_for_bit(bits, shift, signed):
-    p = TwoScaleParams.make(bits, 0.05, shift, signed)
+    p = TwoScaleQuantizer.make(bits, 0.05, shift, signed)
     s = p.fine_scale.item()
     k = torch.arange(-200.0, 20000.0)
     x = torch.cat([k * s, (k + 0.5) * s, (k + 0.5) * 2 ** shift * s,   # levels and exact ties
@@ -84,7 +85,7 @@ class _Regions(_TwoScale):
 
 @pytest.mark.parametrize("bits,shift,signed", [(8, 4, False), (4, 2, True)])
 def test_regions_sum_to_the_levels_and_export_bit_for_bit(bits, shift, signed):
-    p = TwoScaleParams.make(bits, 0.05, shift, signed)
+    p = TwoScaleQuantizer.make(bits, 0.05, shift, signed)
     x = torch.cat([torch.linspace(-1, 7, 20000), torch.randn(2000) * 5])
     module = _Regions(p).eval()
     small, large = module(x)
@@ -125,7 +126,7 @@ def test_o2sf_gives_outlier_channels_a_power_of_two_coarser_scale_and_covers_eve
     spread = torch.ones(16)
     spread[[3, 11]] = torch.tensor([12.0, 20.0])
     lo, hi = _ranges(spread)
-    p = fit_outlier_channels(lo, hi, bits=8)
+    p = OutlierTwoScaleQuantizer.from_ranges(lo, hi, bits=8)
     k = p.shift.max().item()
     assert p.shift.nonzero().flatten().tolist() == [3, 11] and k >= 1
     assert p.shift.unique().tolist() == [0, k]                    # one coarse level: 2^k·s_N
@@ -137,8 +138,8 @@ def test_o2sf_gives_outlier_channels_a_power_of_two_coarser_scale_and_covers_eve
 
 def test_o2sf_without_outliers_is_one_uniform_grid():
     lo, hi = _ranges(torch.linspace(1.0, 3.0, 8))
-    p = fit_outlier_channels(lo, hi, bits=8)
-    uniform = params_from_range(lo.min(), hi.max(), 8, symmetric=False)
+    p = OutlierTwoScaleQuantizer.from_ranges(lo, hi, bits=8)
+    uniform = UniformQuantizer.from_range(lo.min(), hi.max(), 8, symmetric=False)
     assert (p.shift == 0).all() and torch.allclose(p.scale, uniform.scale)
     x = torch.rand(100, 8) * (hi - lo) + lo
     torch.testing.assert_close(p.fake_quantize(x), uniform.fake_quantize(x), rtol=0, atol=1e-6)

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fxquant import FxQuantError
-from fxquant.quantizers.uniform import (UniformParams, params_from_range, qrange,
+from fxquant.quantizers.uniform import (UniformQuantizer, qrange,
                                         quantize_codes)
 
 
@@ -29,7 +29,7 @@ def test_fake_quant_lands_on_the_grid_and_matches_dequantized_codes(bits, symmet
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 6, generator=g) * torch.rand(6, generator=g) * 5
     lo, hi = (x.amin(0), x.amax(0)) if per_channel else (x.min(), x.max())
-    p = params_from_range(lo, hi, bits, symmetric, axis=1)
+    p = UniformQuantizer.from_range(lo, hi, bits, symmetric, axis=1)
     y = torch.ops.fxquant.fake_quant(x, p.scale, p.zero_point, p.qmin, p.qmax, p.axis)
     codes = quantize_codes(x, p.scale, p.zero_point, p.qmin, p.qmax, p.axis)
     assert codes.min() >= p.qmin and codes.max() <= p.qmax
@@ -39,6 +39,6 @@ def test_fake_quant_lands_on_the_grid_and_matches_dequantized_codes(bits, symmet
 
 
 def test_ties_round_half_to_even_and_values_clip_at_the_edges():
-    p = UniformParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int32), 0, 15)
+    p = UniformQuantizer(torch.tensor(1.0), torch.tensor(0, dtype=torch.int32), 0, 15)
     x = torch.tensor([0.5, 1.5, 2.5, -3.0, 20.0])
     assert p.fake_quantize(x).tolist() == [0.0, 2.0, 2.0, 0.0, 15.0]

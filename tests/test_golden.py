@@ -1,0 +1,26 @@
+"""Every recipe at W8A8 and W4A4 computes bit for bit what was recorded for this kind of CPU
+(tests/golden/outputs.py), in PyTorch and in onnxruntime: refactors must not move a number."""
+import numpy as np
+import pytest
+
+from golden import outputs
+
+RECORDED = outputs.path_for_this_cpu()
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    if not RECORDED.exists():
+        pytest.skip(f"no golden outputs recorded for this CPU ({RECORDED.name}): "
+                    "record them with python -m tests.golden.outputs on the commit to compare against")
+    with np.load(RECORDED) as data:
+        return dict(data)
+
+
+@pytest.mark.parametrize("recipe,bits", outputs.CASES)
+def test_outputs_are_bit_identical_to_the_recording(recipe, bits, recorded, tmp_path):
+    for runtime, values in outputs.compute(recipe, bits, tmp_path).items():
+        expected = recorded[outputs.key(recipe, bits, runtime)]
+        mismatched = int((values != expected).sum())
+        assert mismatched == 0, (f"{recipe} {bits} {runtime}: {mismatched} of {values.size} logits "
+                                 f"differ, max |diff| {np.abs(values - expected).max():.3g}")
