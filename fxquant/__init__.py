@@ -4,6 +4,6 @@ from fxquant.config import QuantConfig, RoleSpec
 from fxquant.errors import FxQuantError
 from fxquant.lowering.export import export_onnx
 from fxquant.sqnr import report
-from fxquant.trace import trace
+from fxquant.tracing import trace
 
 __all__ = ["convert", "export_onnx", "report", "trace", "QuantizedModel", "QuantConfig", "RoleSpec", "FxQuantError"]

@@ -11,11 +11,14 @@ from fxquant import pipeline
 from fxquant.calibrate import calibrate
 from fxquant.config import QuantConfig
 from fxquant.float32 import as_float32
+from fxquant.methods import METHODS  # importing the methods registers their recipes
 from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.passes.insert_observers import insert_observers
 from fxquant.passes.quantize import quantize
 from fxquant.quantized_model import QuantizedModel
-from fxquant.trace import trace
+from fxquant.tracing import trace
+
+__all__ = ["METHODS", "QuantizedModel", "convert"]
 
 
 def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantConfig = "minmax",

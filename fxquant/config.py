@@ -1,4 +1,6 @@
-"""QuantConfig and the named recipes. A recipe is data: a quantizer choice per role, plus passes.
+"""QuantConfig and the registry of named recipes. A recipe is data: a quantizer choice per role,
+plus passes and options (typed in fxquant/options.py); each method's file in fxquant/methods/
+registers its own.
 
 Bits are given apart from the recipe (`"w4a4"`, `"w8a8attn4"`) and fill the `w` / `a` / `attn`
 slots the role specs refer to.
@@ -11,6 +13,7 @@ from typing import Mapping
 
 from fxquant import roles, target as targets
 from fxquant.errors import FxQuantError
+from fxquant.options import BOOL, Options, option
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,17 @@ class RoleSpec:
     bits: str = "a"                 # "w", "a", "attn", or a fixed number such as "8"
 
 
-# Option (any recipe): also quantize the inputs of LayerNorm, Softmax and GELU (roles.pre_*, with
-# the recipe's linear_input spec unless it names them) and compute LayerNorm and Softmax from the
-# integer codes where the quantizers allow it (pipeline.INTEGER).
 FULLY_QUANTIZED = "fully_quantized"
+
+
+@dataclass(frozen=True)
+class PipelineOptions(Options):
+    """Options of the pipeline itself (any recipe). fully_quantized: also quantize the inputs of
+    LayerNorm, Softmax and GELU (roles.pre_*, with the recipe's linear_input spec unless it names
+    them) and compute LayerNorm and Softmax from the integer codes where the quantizers allow it
+    (pipeline.INTEGER)."""
+    PREFIX = "fully_"
+    fully_quantized: bool = option(False, BOOL)
 
 
 @dataclass(frozen=True)
@@ -58,64 +68,20 @@ class QuantConfig:
         return label + (f"attn{self.attn_bits}" if self.attn_bits is not None else "")
 
 
-_ACT = RoleSpec()
-RECIPES: dict[str, QuantConfig] = {
-    "minmax": QuantConfig(
-        name="minmax",
-        roles={
-            roles.WEIGHT: RoleSpec(per_channel=True, symmetric=True, bits="w"),
-            roles.MODEL_INPUT: RoleSpec(bits="8"),
-            roles.POST_LAYERNORM: _ACT,
-            roles.POST_GELU: _ACT,
-            roles.LINEAR_INPUT: _ACT,
-            roles.MATMUL_INPUT: _ACT,
-            roles.POST_SOFTMAX: RoleSpec(bits="attn"),
-        },
-    ),
-}
+# Named recipes, filled by the files of fxquant/methods/ (one per method, each registering its
+# own); fxquant.api imports that package, so importing any fxquant module fills it.
+RECIPES: dict[str, QuantConfig] = {}
 
-# RepQ-ViT (methods/repq-vit.md): percentile-MSE everywhere, per-channel post-LayerNorm grids
-# folded into LN + Linear, log√2 attention (uniform where its MSE is lower: 6-8 bits);
-# `-sym` keeps weight zero points at 0.
-_MSE = RoleSpec(observer="mse")
-_REPQ_ROLES = {
-    roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, bits="w"),
-    roles.MODEL_INPUT: RoleSpec(observer="mse", bits="8"),
-    roles.POST_LAYERNORM: RoleSpec(observer="mse", per_channel=True),
-    roles.POST_GELU: _MSE,
-    roles.LINEAR_INPUT: _MSE,
-    roles.MATMUL_INPUT: _MSE,
-    roles.POST_SOFTMAX: RoleSpec(quantizer="logsqrt2_or_uniform", observer="mse", bits="attn"),
-}
-RECIPES["repq-vit"] = QuantConfig(name="repq-vit", roles=_REPQ_ROLES,
-                                  passes=("reparameterize_layernorm",))
-RECIPES["repq-vit-sym"] = replace(RECIPES["repq-vit"], name="repq-vit-sym", roles={
-    **_REPQ_ROLES, roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, symmetric=True, bits="w")})
 
-# DopQ-ViT (methods/dopq-vit.md): RepQ-ViT with TanQ attention, the median fold target (MOSF)
-# and block reconstruction (benchmarks/dopq.md has the ablation).
-RECIPES["dopq-vit"] = replace(
-    RECIPES["repq-vit"], name="dopq-vit", refine=("recon",), options={"fold_target": "median"},
-    roles={**_REPQ_ROLES, roles.POST_SOFTMAX: RoleSpec(quantizer="tan", observer="mse", bits="attn")})
+def register_recipe(config: QuantConfig) -> QuantConfig:
+    """Add `config` to RECIPES under its name, which `resolve` then accepts."""
+    if config.name != config.name.strip().lower() or "+" in config.name:
+        raise FxQuantError(f"recipe name {config.name!r} must be lower case, without spaces or '+'")
+    if config.name in RECIPES:
+        raise FxQuantError(f"a recipe named {config.name!r} is already registered")
+    RECIPES[config.name] = config
+    return config
 
-# FQ-ViT (methods/fq-vit.md): fully quantized, MinMax uint8 activations, PTF on LayerNorm inputs
-# (integer LayerNorm), Log-Int-Softmax attention at <= 4 attention bits (uniform above: its 8/8/8).
-RECIPES["fq-vit"] = QuantConfig(
-    name="fq-vit", attn_bits=4, options={FULLY_QUANTIZED: True},
-    roles={**RECIPES["minmax"].roles,
-           roles.PRE_LAYERNORM: RoleSpec(quantizer="ptf", per_channel=True),
-           roles.PRE_SOFTMAX: _ACT, roles.PRE_GELU: _ACT,
-           roles.POST_SOFTMAX: RoleSpec(quantizer="lis", bits="attn")})
-
-# TSPTQ-ViT (methods/tsptq-vit.md): FQ-ViT's fully quantized setting with two-scaled factors,
-# V-2SF on post-Softmax and post-GELU values, O-2SF (a two-level PTF) on LayerNorm inputs.
-RECIPES["tsptq-vit"] = QuantConfig(
-    name="tsptq-vit", options={FULLY_QUANTIZED: True},
-    roles={**RECIPES["minmax"].roles,
-           roles.PRE_LAYERNORM: RoleSpec(quantizer="o2sf", per_channel=True),
-           roles.PRE_SOFTMAX: _ACT, roles.PRE_GELU: _ACT,
-           roles.POST_SOFTMAX: RoleSpec(quantizer="two_scale", bits="attn"),
-           roles.POST_GELU: RoleSpec(quantizer="two_scale")})
 
 _BITS = re.compile(r"^w(\d+)a(\d+)(?:attn(\d+))?$")
 
@@ -135,7 +101,8 @@ def parse_bits(bits: str) -> dict[str, int | None]:
 def resolve(config: str | QuantConfig, bits: str | None = None,
             target: str | None = None) -> QuantConfig:
     """A recipe name (with `+refinement` suffixes) or a QuantConfig, with bits and target applied.
-    Pass names are not checked here (pipeline.check does: the passes import the config)."""
+    Pass names and the passes' options are not checked here (pipeline.check does: the passes
+    import the config)."""
     if isinstance(config, QuantConfig):
         cfg = config
     else:
@@ -144,7 +111,7 @@ def resolve(config: str | QuantConfig, bits: str | None = None,
             raise FxQuantError(f"unknown recipe {base!r}: choose one of {sorted(RECIPES)}")
         cfg = replace(RECIPES[base], refine=RECIPES[base].refine + tuple(refine))
         cfg = replace(cfg, name=config.strip().lower())
-    if cfg.options.get(FULLY_QUANTIZED):
+    if PipelineOptions.from_options(cfg.options).fully_quantized:
         default = cfg.roles.get(roles.LINEAR_INPUT, RoleSpec())
         cfg = replace(cfg, roles={**{r: default for r in roles.FULLY_QUANTIZED_ROLES}, **cfg.roles})
     cfg = replace(cfg, target=targets.check_target(cfg.target if target is None else target))

@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant import roles
+from fxquant import annotation
 from fxquant.attention_mask import apply_attention_mask
 
 _LAYOUT_METHODS = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
@@ -35,10 +35,6 @@ def _is_module(gm, node, types) -> bool:
 
 def is_linear(gm, node) -> bool:
     return _is_module(gm, node, nn.Linear)
-
-
-def is_conv(gm, node) -> bool:
-    return _is_module(gm, node, nn.Conv2d)
 
 
 def is_weighted(gm, node) -> bool:
@@ -102,27 +98,41 @@ def trace_back(node: fx.Node) -> LayoutPath:
     return LayoutPath(source=cur, ops=tuple(reversed(ops)), end=node)
 
 
-def layernorm_to_linears(gm: fx.GraphModule) -> dict[fx.Node, list[tuple[LayoutPath, fx.Node]]]:
-    """LayerNorm -> [layout ops]* -> Linear(s): for each LN, every Linear its output feeds."""
-    found: dict[fx.Node, list[tuple[LayoutPath, fx.Node]]] = {}
-    for node in gm.graph.nodes:
-        if is_linear(gm, node):
-            path = trace_back(node.args[0])
-            if is_layernorm(gm, path.source):
-                found.setdefault(path.source, []).append((path, node))
-    return found
+@dataclass(frozen=True)
+class LayerNormReach:
+    """Where a LayerNorm's output goes through layout ops: its observers, the Linears it feeds,
+    the pads on the way, and the other readers of the float value or of an observer's output."""
+    observers: tuple[fx.Node, ...]
+    linears: tuple[fx.Node, ...]
+    pads: tuple[fx.Node, ...]
+    float_readers: tuple[fx.Node, ...]
+    quantized_readers: tuple[fx.Node, ...]
 
 
-def layernorm_fanout_is_only_linears(gm: fx.GraphModule, ln: fx.Node) -> bool:
-    """True when every value the LN produces reaches a Linear (nothing else reads it)."""
-    stack = list(ln.users)
+def layernorm_reach(gm: fx.GraphModule, ln: fx.Node) -> LayerNormReach:
+    """LayerNorm -> [layout ops | observer]* -> Linear(s), and every other reader on the way:
+    what a fold of the LayerNorm's affine into its Linears (or a rotation) must account for."""
+    found = {kind: [] for kind in ("observers", "linears", "pads", "float_readers",
+                                   "quantized_readers")}
+    seen: set[fx.Node] = set()
+    stack = [(user, False) for user in ln.users]
     while stack:
-        user = stack.pop()
-        if is_layout(user):
-            stack.extend(user.users)
-        elif not is_linear(gm, user):
-            return False
-    return True
+        node, quantized = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if annotation.of(node).observes is not None:
+            found["observers"].append(node)
+            stack.extend((user, True) for user in node.users)
+        elif is_linear(gm, node):
+            found["linears"].append(node)
+        elif is_layout(node):
+            if node.target is F.pad:
+                found["pads"].append(node)
+            stack.extend((user, quantized) for user in node.users)
+        elif not reads_only_metadata(node):
+            found["quantized_readers" if quantized else "float_readers"].append(node)
+    return LayerNormReach(**{kind: tuple(nodes) for kind, nodes in found.items()})
 
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
@@ -164,7 +174,7 @@ def _through_weighted(gm: fx.GraphModule, source: fx.Node, end: fx.Node) -> bool
             if arg in downstream and arg not in between:
                 between.add(arg)
                 stack.append(arg)
-    return any(n.meta.get(roles.WEIGHT_KEY) or is_weighted(gm, n) for n in between)
+    return any(annotation.of(n).weighted or is_weighted(gm, n) for n in between)
 
 
 def value_sources(node: fx.Node) -> set[fx.Node]:
@@ -195,7 +205,7 @@ def attention_mask_add(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.N
         mask_sources = value_sources(mask) | {mask}
         if (any(is_matmul(gm, n) for n in value_sources(scores) | {scores})
                 and any(n.op == "placeholder" for n in mask_sources)
-                and not any(is_matmul(gm, n) or is_weighted(gm, n) or n.meta.get(roles.WEIGHT_KEY)
+                and not any(is_matmul(gm, n) or is_weighted(gm, n) or annotation.of(n).weighted
                             for n in mask_sources)):
             return scores, mask
     return None

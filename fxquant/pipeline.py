@@ -1,5 +1,5 @@
-"""The passes a recipe may name, by name, and the check that a recipe names only passes and
-quantizers that exist.
+"""The passes a recipe may name, by name, and the check that a recipe names only passes,
+quantizers and options that exist (with allowed values).
 
 It sits above the passes (they import the config) so the config can stay plain data: a name is
 checked here, before convert spends any time. Every pass has the signature
@@ -7,16 +7,17 @@ checked here, before convert spends any time. Every pass has the signature
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 from fxquant import quantizers
-from fxquant.config import QuantConfig
+from fxquant.config import PipelineOptions, QuantConfig
 from fxquant.errors import FxQuantError
-from fxquant.passes.contrastive_search import contrastive_search
+from fxquant.options import Options, unknown_option
+from fxquant.passes.contrastive_search import CptvOptions, contrastive_search
 from fxquant.passes.integer_layernorm import integer_layernorm
 from fxquant.passes.integer_softmax import integer_softmax
-from fxquant.passes.reconstruct import reconstruct
-from fxquant.passes.reparameterize_layernorm import reparameterize_layernorm
+from fxquant.passes.reconstruct import ReconOptions, reconstruct
+from fxquant.passes.reparameterize_layernorm import FoldOptions, reparameterize_layernorm
 from fxquant.passes.split_two_scale import split_two_scale
 
 # Run between calibration and quantization (observers hold their statistics).
@@ -38,6 +39,9 @@ INTEGER: dict[str, Callable] = {
     "split_two_scale": split_two_scale,  # V-2SF -> Linear
 }
 
+# Every key of config.options belongs to one of these; each checks its own values.
+OPTIONS: tuple[type[Options], ...] = (PipelineOptions, FoldOptions, ReconOptions, CptvOptions)
+
 
 def get(name: str, table: dict[str, Callable]) -> Callable:
     if name not in table:
@@ -45,8 +49,19 @@ def get(name: str, table: dict[str, Callable]) -> Callable:
     return table[name]
 
 
+def check_options(options: Mapping[str, object]) -> None:
+    """Refuse an option key no pass reads (naming the closest one) or a value its class refuses."""
+    known = [key for kind in OPTIONS for key in kind.keys()]
+    for key in options:
+        if key not in known:
+            raise unknown_option(key, known)
+    for kind in OPTIONS:
+        kind.from_options(options)
+
+
 def check(config: QuantConfig) -> None:
-    """Refuse a recipe naming a pass or quantizer that does not exist, before any work is done."""
+    """Refuse a recipe naming a pass, quantizer or option that does not exist, or an option value
+    that is not allowed, before any work is done."""
     for name in config.passes:
         get(name, PRE_QUANTIZE)
     unknown = [r for r in config.refine if r not in REFINEMENTS]
@@ -54,3 +69,4 @@ def check(config: QuantConfig) -> None:
         raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)}")
     for spec in config.roles.values():
         quantizers.get(spec.quantizer)
+    check_options(config.options)

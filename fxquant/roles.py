@@ -14,6 +14,3 @@ FULLY_QUANTIZED_ROLES = (PRE_LAYERNORM, PRE_SOFTMAX, PRE_GELU)
 
 ACTIVATION_ROLES = (POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT, MODEL_INPUT)
 ALL_ROLES = ACTIVATION_ROLES + (WEIGHT,)
-
-META_KEY = "fxquant_role"          # role of the tensor a node outputs
-WEIGHT_KEY = "fxquant_weight"      # True on a Linear/Conv whose weight is quantized

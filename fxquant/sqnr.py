@@ -17,13 +17,14 @@ import torch
 import torch.fx as fx
 from tqdm import tqdm
 
-from fxquant import config, roles
+from fxquant import annotation, config, roles
 from fxquant.calibrate import model_device
 from fxquant.data import batch_inputs
 from fxquant.errors import FxQuantError
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
 from fxquant.quantized_model import QuantizedModel
+from fxquant.quantizers.custom_op import quantized_value
+from fxquant.quantizers.uniform import dequantize
 
 
 class _Stats:
@@ -66,7 +67,9 @@ class _Capture(fx.Interpreter):
 
 def _layer_name(linear: fx.Node) -> str:
     """`blocks_0_attn_qkv` from the codes buffer feeding a quantized Linear/Conv's dequantize op."""
-    source = linear.args[1].args[0] if isinstance(linear.args[1], fx.Node) else None
+    weight = linear.args[1]   # F.linear / conv2d(x, weight, ...)
+    source = (dequantize.arguments(weight).codes
+              if isinstance(weight, fx.Node) and weight.target is dequantize.overload else None)
     if source is not None and source.op == "get_attr":
         return str(source.target).removesuffix("_codes").removesuffix("_weight")
     return linear.name
@@ -74,8 +77,8 @@ def _layer_name(linear: fx.Node) -> str:
 
 def _tensor_name(quantizer: fx.Node) -> str:
     """`blocks_0_norm1 -> blocks_0_attn_qkv`: the quantized value and the layers reading it."""
-    readers = [_layer_name(u) if u.meta.get(roles.WEIGHT_KEY) else u.name for u in quantizer.users]
-    return f"{quantizer.args[0].name} -> {', '.join(readers)}"
+    readers = [_layer_name(u) if annotation.of(u).weighted else u.name for u in quantizer.users]
+    return f"{quantized_value(quantizer).name} -> {', '.join(readers)}"
 
 
 def _describe(cfg: config.QuantConfig, role: str) -> tuple[int, str]:
@@ -105,8 +108,7 @@ def report(qmodel, loader: Iterable, max_batches: int | None = None) -> Report:
                            f"got {type(qmodel).__name__}")
     cfg = qmodel.config
     quantizers = [n for n in qmodel.graph.nodes if is_activation_quantizer(n)]
-    linears = [n for n in qmodel.graph.nodes
-               if n.meta.get(roles.WEIGHT_KEY) and FLOAT_WEIGHT_KEY in n.meta]
+    linears = [n for n in qmodel.graph.nodes if annotation.of(n).float_weight is not None]
     stats = {n.name: _Stats() for n in (*quantizers, *linears)}
     floats: dict[str, torch.Tensor] = {}
 
@@ -114,13 +116,15 @@ def report(qmodel, loader: Iterable, max_batches: int | None = None) -> Report:
         floats[node.name] = out
 
     def on_quantizer(interp, node, out):
-        stats[node.name].add(interp.env[node.args[0]], out, floats.get(node.args[0].name))
+        x = quantized_value(node)
+        stats[node.name].add(interp.env[x], out, floats.get(x.name))
 
     def on_linear(interp, node, out):
         if stats[node.name].signal == 0.0:  # weights do not change between batches
-            stats[node.name].add(node.meta[FLOAT_WEIGHT_KEY], interp.env[node.args[1]])
+            stats[node.name].add(annotation.of(node).float_weight, interp.env[node.args[1]])
 
-    reference = _Capture(float_reference(qmodel), {n.args[0].name: keep_float for n in quantizers})
+    reference = _Capture(float_reference(qmodel),
+                         {quantized_value(n).name: keep_float for n in quantizers})
     quantized = _Capture(qmodel, {**{n.name: on_quantizer for n in quantizers},
                                   **{n.name: on_linear for n in linears}})
     device, seen = model_device(qmodel), 0
@@ -142,7 +146,7 @@ def report(qmodel, loader: Iterable, max_batches: int | None = None) -> Report:
         if node.name not in stats:
             continue
         s = stats[node.name]
-        role = node.meta.get(roles.META_KEY, roles.WEIGHT)
+        role = annotation.of(node).role or roles.WEIGHT
         bits, kind = _describe(cfg, role)
         is_weight = role == roles.WEIGHT
         rows.append({"tensor": f"{_layer_name(node)}.weight" if is_weight else _tensor_name(node),

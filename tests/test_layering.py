@@ -12,13 +12,13 @@ import fxquant
 ROOT = Path(fxquant.__file__).parent
 # Lowest first; a module may import its own layer or any below it.
 LAYERS = [
-    {"errors", "roles", "target", "cpu", "data", "float32", "value_tracer"},
+    {"errors", "roles", "target", "cpu", "data", "float32", "value_tracer", "options"},
     {"config"},
     {"observers"},
     {"quantizers"},
-    {"attention_mask", "patterns", "blocks", "calibrate"},
+    {"annotation", "attention_mask", "patterns", "blocks", "calibrate"},
     {"passes"},
-    {"trace", "quantized_model", "pipeline"},
+    {"tracing", "quantized_model", "pipeline", "methods"},
     {"lowering"},
     {"api"},
     {"plots", "sqnr", "zoo", "workload", "evaluate", "report_command"},

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from fxquant import convert, export_onnx, roles, trace
+from fxquant import annotation, convert, export_onnx, roles, trace
 from fxquant.config import resolve
 from fxquant.lowering.runtime import OnnxModule
 from fxquant.lowering.runtime import session as session_of
@@ -57,9 +57,9 @@ def test_bert_roles_post_layernorm_feeds_q_k_v_and_the_next_layer():
     # embedding LN -> q, k, v of layer 0; each block's second (post-residual) LN -> the next q, k, v
     assert len(sources[lns[0]]) == 3
     assert all(len(sources[ln]) == 3 for ln in lns[2:-1:2])
-    assert all(ln.meta[roles.META_KEY] == roles.POST_LAYERNORM for ln in lns[:-1])  # last: output
-    assert sum(n.meta.get(roles.META_KEY) == roles.POST_SOFTMAX for n in gm.graph.nodes) == LAYERS
-    assert sum(n.meta.get(roles.META_KEY) == roles.POST_GELU for n in gm.graph.nodes) == LAYERS
+    assert all(annotation.of(ln).role == roles.POST_LAYERNORM for ln in lns[:-1])  # last: output
+    assert sum(annotation.of(n).role == roles.POST_SOFTMAX for n in gm.graph.nodes) == LAYERS
+    assert sum(annotation.of(n).role == roles.POST_GELU for n in gm.graph.nodes) == LAYERS
 
 
 @pytest.mark.parametrize("recipe", ["minmax", "repq-vit", "fq-vit"])

@@ -18,7 +18,7 @@ from fxquant.calibrate import run_batch
 from fxquant.config import RoleSpec
 from fxquant.observers import search
 from fxquant.observers.observer import Observer
-from fxquant.trace import trace
+from fxquant.tracing import trace
 
 QUANTIZERS = ("uniform", "log2", "logsqrt2", "tan")
 BITS = (3, 4, 6)

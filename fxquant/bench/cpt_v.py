@@ -20,7 +20,7 @@ from fxquant.bench.accuracy import CIFAR10
 from fxquant.bench.parity import model_parity
 from fxquant.errors import FxQuantError
 from fxquant.evaluate import top1
-from fxquant.passes.contrastive_search import OPTIONS, SCALE_SETS, contrastive_search
+from fxquant.passes.contrastive_search import SCALE_SETS, CptvOptions, contrastive_search
 
 RECIPES = ("repq-vit", "fq-vit")
 BITS = ("w4a4", "w3a3")
@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rows as recipe:bits pairs (fq-vit:w8a8attn4), instead of --recipes x --bits")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--max-seconds", type=float, default=900, help="search budget per seed")
-    p.add_argument("--scales", default=OPTIONS["cptv_scales"], choices=SCALE_SETS)
-    p.add_argument("--passes", type=int, default=OPTIONS["cptv_passes"])
+    p.add_argument("--scales", default=CptvOptions().cptv_scales, choices=SCALE_SETS)
+    p.add_argument("--passes", type=int, default=CptvOptions().cptv_passes)
     p.add_argument("--parity-images", type=int, default=1000,
                    help="compare each searched model with its ONNX on this many test images (0: skip)")
     p.add_argument("--out-dir", default="benchmarks", help="where cpt_v.json and the PNG go")

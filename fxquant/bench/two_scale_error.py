@@ -14,14 +14,14 @@ import math
 
 import torch
 
-from fxquant import quantizers, roles, workload
+from fxquant import annotation, quantizers, roles, workload
 from fxquant.bench.accuracy import CIFAR10
 from fxquant.calibrate import calibrate
 from fxquant.config import RECIPES, RoleSpec
 from fxquant.observers.observer import Observer
 from fxquant.passes.annotate_roles import annotate_roles
-from fxquant.passes.insert_observers import OBSERVED_KEY, insert_observers, observer_nodes
-from fxquant.trace import trace
+from fxquant.passes.insert_observers import insert_observers, observer_nodes
+from fxquant.tracing import trace
 
 ROLES = (roles.POST_SOFTMAX, roles.POST_GELU)
 METHODS = (("uniform", "minmax"), ("uniform", "mse"), ("log2", "mse"), ("two_scale", "mse"))
@@ -42,8 +42,8 @@ def role_observers(model: torch.nn.Module, loader) -> list[tuple[str, Observer]]
     gm = annotate_roles(trace(model))
     insert_observers(gm, RECIPES["minmax"])
     calibrate(gm, loader)
-    return [(n.meta[OBSERVED_KEY].name, gm.get_submodule(n.target)) for n in observer_nodes(gm)
-            if n.meta[roles.META_KEY] in ROLES]
+    return [(annotation.of(n).observes.name, gm.get_submodule(n.target)) for n in observer_nodes(gm)
+            if annotation.of(n).role in ROLES]
 
 
 def _errors(params, x: torch.Tensor) -> dict:

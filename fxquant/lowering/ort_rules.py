@@ -1,6 +1,7 @@
 """Rewrites that put an exported graph in the shape onnxruntime's QDQ fusions need:
 - Transpose(DequantizeLinear(W, axis=0)) -> DequantizeLinear(W^T, axis=1): weights stored [in, out]
-- Gemm(A, DequantizeLinear(W), C, transB=1) -> MatMul(A, DequantizeLinear(W^T, axis=1)) + C
+- Gemm(A, DequantizeLinear(W), C, transB=1) -> MatMul(A, DequantizeLinear(W^T, axis=1)) + C, for a
+  plain Gemm (alpha = beta = 1, A not transposed)
 - Add(MatMul(DQ(a), DQ(W)), b) on 2-D inputs -> Gemm(DQ(a), DQ(W), DQ(b as int32)): onnxruntime
   turns 2-D MatMul+Add into a float Gemm before its QDQ fusions run, and fuses QGemm only with
   an int32 bias on the grid s_a * s_w (rounding it there moves a logit by at most s_a * s_w / 2)
@@ -55,8 +56,11 @@ class GemmToMatMul(pattern.RewriteRuleClassBase):
         weight = op.DequantizeLinear(codes, scale, zero_point, axis=0)
         return op.Gemm(a, weight, c, transB=1)
 
-    def check(self, op, a, codes, scale, zero_point, c) -> MatchResult:
-        return _int8_weight(codes)
+    def check(self, context, a, codes, scale, zero_point, c) -> MatchResult:
+        gemm = context.root.attributes
+        plain = (gemm.get_float("alpha", 1.0) == 1.0 and gemm.get_float("beta", 1.0) == 1.0
+                 and gemm.get_int("transA", 0) == 0)
+        return _int8_weight(codes) if plain else MatchResult().fail("Gemm scales or transposes A")
 
     def rewrite(self, op, a, codes, scale, zero_point, c):
         weight = op.DequantizeLinear(_transposed(op, codes), scale, zero_point, axis=1)
@@ -108,8 +112,10 @@ class Int4Weight(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, codes, scale, zero_point, dequantized):
         packed = op.initializer(ir.tensor(_const(codes), dtype=ir.DataType.INT4), f"{codes.name}_int4")
-        return op.DequantizeLinear(op.Cast(packed, to=ir.DataType.INT8), scale, zero_point,
-                                   axis=dequantized.producer().attributes.get_int("axis", 1))
+        attributes = dequantized.producer().attributes   # axis, block_size: kept as they were
+        kept = {name: attr.value for name, attr in attributes.items()} | {
+            "axis": attributes.get_int("axis", 1)}
+        return op.DequantizeLinear(op.Cast(packed, to=ir.DataType.INT8), scale, zero_point, **kept)
 
 
 class DistributedBranchMatMul(pattern.RewriteRuleClassBase):

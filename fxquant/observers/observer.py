@@ -22,7 +22,6 @@ class Observer(nn.Module):
         self._chunks: list[torch.Tensor] = []
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
-        self.batches = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(x).all():
@@ -34,7 +33,6 @@ class Observer(nn.Module):
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
         self.max = hi if self.max is None else torch.maximum(self.max, hi)
         self._chunks.append(self._subsample(values).cpu())
-        self.batches += 1
         return x
 
     def _subsample(self, values: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,17 @@
 Activations: each input of a Linear/Conv and both operands of an activation matmul; the role
 comes from what computed the values (LayerNorm, Softmax, GELU) looking back through layout ops.
 With `fully_quantized`, the inputs of LayerNorm, Softmax and GELU are marked too (pre_* roles,
-which win over any other role of the same tensor). Weights: every Linear/Conv node is marked too. Roles live in `node.meta["fxquant_role"]` (the
-tensor the node outputs) and `node.meta["fxquant_weight"]` (the node's weight).
+which win over any other role of the same tensor). Weights: every Linear/Conv node is marked too.
+Everything lands in the node's annotation (`fxquant/annotation.py`): `role` (of the tensor the
+node outputs), `weighted` (the node's weight) and `quantized_inputs` (on each consumer).
 """
 from __future__ import annotations
 
 import torch.fx as fx
 
-from fxquant import patterns, roles
+from fxquant import annotation, patterns, roles
 from fxquant.errors import FxQuantError
+from fxquant.passes.contract import graph_pass, roles_annotated
 
 
 _PRE_ROLES = ((patterns.is_layernorm, roles.PRE_LAYERNORM), (patterns.is_softmax, roles.PRE_SOFTMAX),
@@ -57,21 +59,22 @@ def quantized_inputs(gm: fx.GraphModule, node: fx.Node, fully_quantized: bool = 
     return [pre[0]] if pre is not None else []
 
 
+@graph_pass(ensures=(roles_annotated,))
 def annotate_roles(gm: fx.GraphModule, fully_quantized: bool = False) -> fx.GraphModule:
     for node in gm.graph.nodes:
-        node.meta.pop(roles.META_KEY, None)
-        node.meta.pop(roles.WEIGHT_KEY, None)
+        annotation.clear(node)
     n_weighted = 0
     for node in gm.graph.nodes:
         if patterns.is_weighted(gm, node):
-            node.meta[roles.WEIGHT_KEY] = True
+            annotation.update(node, weighted=True)
             n_weighted += 1
-        for value in quantized_inputs(gm, node, fully_quantized):
+        inputs = quantized_inputs(gm, node, fully_quantized)
+        if inputs:
+            annotation.update(node, quantized_inputs=tuple(inputs))
+        for value in inputs:
             role = _activation_role(gm, value, node)
-            if role in roles.FULLY_QUANTIZED_ROLES:
-                value.meta[roles.META_KEY] = role
-            else:
-                value.meta.setdefault(roles.META_KEY, role)
+            if role in roles.FULLY_QUANTIZED_ROLES or annotation.of(value).role is None:
+                annotation.update(value, role=role)
     if n_weighted == 0:
         raise FxQuantError(f"{type(gm).__name__} has no Linear or Conv2d layer: nothing to quantize")
     return gm
@@ -81,8 +84,8 @@ def role_table(gm: fx.GraphModule) -> list[tuple[str, str]]:
     """(tensor name, role) in graph order, for inspection and tests; weights as `<node>.weight`."""
     table = []
     for n in gm.graph.nodes:
-        if n.meta.get(roles.WEIGHT_KEY):
+        if annotation.of(n).weighted:
             table.append((f"{n.name}.weight", roles.WEIGHT))
-        if roles.META_KEY in n.meta:
-            table.append((n.name, n.meta[roles.META_KEY]))
+        if annotation.of(n).role is not None:
+            table.append((n.name, annotation.of(n).role))
     return table

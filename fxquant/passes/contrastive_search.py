@@ -16,7 +16,7 @@ the whole pass; the best state judged so far is returned.
 Which scales (`cptv_scales`): "attention" (the official code: the weight scales of the Linears on
 residual branches holding a Softmax), "weights" (every uniform weight scale) or "all" (those and
 every uniform activation scale). Zero points and integer ranges stay; a weight's integer codes are
-re-rounded from its float weight (`quantize.FLOAT_WEIGHT_KEY`) under each new scale, so the stored
+re-rounded from its float weight (its annotation's `float_weight`) under each new scale, so the stored
 codes always match the scales. A scale another op also reads (an integer Softmax's constants were
 derived from it) and other quantizer kinds (PTF, log2, TanQ, ...) are left alone.
 
@@ -40,21 +40,39 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fxquant import patterns, roles
+from fxquant import annotation, patterns
 from fxquant.blocks import Block, block_module, split_blocks
 from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
+from fxquant.options import (COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, Options, Rule,
+                             one_of, option, optional)
+from fxquant.passes.contract import graph_pass, quantized
 from fxquant.passes.float_reference import float_reference
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
 from fxquant.quantizers.uniform import MIN_SCALE, dequantize, fake_quant, quantize_codes
 
-OPTIONS = {"cptv_scales": "all", "cptv_passes": 10, "cptv_cycles": 3, "cptv_population": 15,
-           "cptv_tournament": 10, "cptv_noise": None, "cptv_act_noise": 0.1,
-           "cptv_temperature": 3.0, "cptv_batch_size": 100, "cptv_holdout": 0.2, "cptv_seed": 0,
-           "cptv_max_seconds": 900}
 SCALE_SETS = ("attention", "weights", "all")
 _CHUNK = 500  # images per forward
+HOLDOUT = Rule("a number in [0, 1)", lambda v: PROBABILITY.accepts(v) and v < 1)  # 1 leaves no search images
+
+
+@dataclass(frozen=True)
+class CptvOptions(Options):
+    """The `config.options` keys this pass reads (cptv_*), checked when made; cptv_passes = 0
+    only measures the start."""
+    PREFIX = "cptv_"
+    cptv_scales: str = option("all", one_of(SCALE_SETS))
+    cptv_passes: int = option(10, COUNT)
+    cptv_cycles: int = option(3, POSITIVE_INT)
+    cptv_population: int = option(15, POSITIVE_INT)
+    cptv_tournament: int = option(10, POSITIVE_INT)
+    cptv_noise: float | None = option(None, optional(NON_NEGATIVE))
+    cptv_act_noise: float = option(0.1, NON_NEGATIVE)
+    cptv_temperature: float = option(3.0, POSITIVE)
+    cptv_batch_size: int = option(100, POSITIVE_INT)
+    cptv_holdout: float = option(0.2, HOLDOUT)
+    cptv_seed: int = option(0, COUNT)
+    cptv_max_seconds: float | None = option(900, optional(NON_NEGATIVE))
 
 
 def contrastive_loss(q: torch.Tensor, f: torch.Tensor, temperature: float = 3.0,
@@ -83,9 +101,9 @@ class _Scale:
     axis: int = 0
 
 
-def _weight_noise(qmin: int, qmax: int, opts: dict) -> float:
-    if opts["cptv_noise"] is not None:
-        return float(opts["cptv_noise"])
+def _weight_noise(qmin: int, qmax: int, opts: CptvOptions) -> float:
+    if opts.cptv_noise is not None:
+        return float(opts.cptv_noise)
     return 0.03 if math.log2(qmax - qmin + 1) <= 4 else 0.05
 
 
@@ -96,30 +114,33 @@ def _read_only_by(gm: fx.GraphModule, target: str, op) -> bool:
                if n.op == "get_attr" and n.target == target for user in n.users)
 
 
-def _weight_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
-    dq, op = node.args[1], dequantize.overload
-    if not (isinstance(dq, fx.Node) and dq.target is op
-            and all(_read_only_by(gm, a.target, op) for a in dq.args[:3])):
+def _weight_scale(gm: fx.GraphModule, node: fx.Node, opts: CptvOptions):
+    dq, op = node.args[1], dequantize.overload   # F.linear / conv2d(x, weight, ...)
+    if not (isinstance(dq, fx.Node) and dq.target is op):
+        return None
+    w = dequantize.arguments(dq)
+    if not all(_read_only_by(gm, a.target, op) for a in (w.codes, w.scale, w.zero_point)):
         return None  # not a uniform integer weight of its own
-    if FLOAT_WEIGHT_KEY not in node.meta or WEIGHT_RANGE_KEY not in node.meta:
+    note = annotation.of(node)
+    if note.float_weight is None or note.weight_range is None:
         raise FxQuantError(f"{node.name} carries no float weight: cpt-v needs a model quantized "
                            "by this version of fxquant")
-    codes, scale, zero_point = (a.target for a in dq.args[:3])
-    weight, zp = node.meta[FLOAT_WEIGHT_KEY], gm.get_buffer(zero_point)
-    qmin, qmax = node.meta[WEIGHT_RANGE_KEY]  # the code range the quantize pass used
-    nearest = quantize_codes(weight, gm.get_buffer(scale), zp, qmin, qmax, dq.args[3])
+    codes, scale, zero_point = w.codes.target, w.scale.target, w.zero_point.target
+    weight, zp = note.float_weight, gm.get_buffer(zero_point)
+    qmin, qmax = note.weight_range  # the code range the quantize pass used
+    nearest = quantize_codes(weight, gm.get_buffer(scale), zp, qmin, qmax, w.axis)
     if not torch.equal(nearest, gm.get_buffer(codes).to(nearest.dtype)):
         warnings.warn(f"cpt-v leaves {node.name} alone: its codes are not the nearest rounding of "
                       "its float weight (an earlier refinement chose them)")
         return None
-    return _Scale(scale, _weight_noise(qmin, qmax, opts), codes, weight, zp, qmin, qmax, dq.args[3])
+    return _Scale(scale, _weight_noise(qmin, qmax, opts), codes, weight, zp, qmin, qmax, w.axis)
 
 
-def _activation_scale(gm: fx.GraphModule, node: fx.Node, opts: dict):
+def _activation_scale(gm: fx.GraphModule, node: fx.Node, opts: CptvOptions):
     op = fake_quant.overload
-    if node.target is not op or not _read_only_by(gm, node.args[1].target, op):
+    if node.target is not op or not _read_only_by(gm, fake_quant.arguments(node).scale.target, op):
         return None
-    return _Scale(node.args[1].target, float(opts["cptv_act_noise"]))
+    return _Scale(fake_quant.arguments(node).scale.target, float(opts.cptv_act_noise))
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
@@ -143,12 +164,12 @@ def _attention_branch(gm: fx.GraphModule, block: Block, adds: set[fx.Node]) -> l
     return branch if any(patterns.is_softmax(gm, n) for n in branch) else []
 
 
-def _block_scales(gm, block: Block, adds, opts: dict) -> list[_Scale]:
-    which = opts["cptv_scales"]
+def _block_scales(gm, block: Block, adds, opts: CptvOptions) -> list[_Scale]:
+    which = opts.cptv_scales
     nodes = _attention_branch(gm, block, adds) if which == "attention" else block.nodes
     found: dict[str, _Scale] = {}
     for node in nodes:
-        if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
+        if node.op == "call_function" and annotation.of(node).weighted:
             scale = _weight_scale(gm, node, opts)
         elif which == "all" and node.op == "call_function":
             scale = _activation_scale(gm, node, opts)
@@ -204,20 +225,6 @@ class _Suffix:
         return torch.cat(outs), {k: torch.cat(v) for k, v in kept.items() if v}
 
 
-def _options(config: QuantConfig) -> dict:
-    unknown = sorted(k for k in config.options if k.startswith("cptv_") and k not in OPTIONS)
-    if unknown:
-        raise FxQuantError(f"unknown cpt-v option(s) {unknown}: available are {sorted(OPTIONS)}")
-    opts = {**OPTIONS, **{k: v for k, v in config.options.items() if k in OPTIONS}}
-    if opts["cptv_scales"] not in SCALE_SETS:
-        raise FxQuantError(f"cptv_scales must be one of {SCALE_SETS}, got {opts['cptv_scales']!r}")
-    if not 0 <= opts["cptv_holdout"] < 1:
-        raise FxQuantError(f"cptv_holdout is a fraction in [0, 1), got {opts['cptv_holdout']}")
-    if opts["cptv_population"] < 1 or opts["cptv_tournament"] < 1:
-        raise FxQuantError("cptv_population and cptv_tournament must be at least 1")
-    return opts
-
-
 class _Clock:
     """The time budget: a step is skipped when what it cost last time would overrun the budget."""
 
@@ -239,16 +246,16 @@ class _Clock:
         return out
 
 
-def _evolve(gm, scales: list[_Scale], current: float, score, opts: dict,
+def _evolve(gm, scales: list[_Scale], current: float, score, opts: CptvOptions,
             generator: torch.Generator, clock: _Clock, report) -> float:
     """One visit of a block: the tournament over its scales; leaves the best in gm, returns its loss."""
     x0 = _read(gm, scales)
     eps = torch.cat([torch.full((gm.get_buffer(s.name).numel(),), s.noise) for s in scales])
-    population = [(current, x0)] * opts["cptv_population"]
-    for _ in range(opts["cptv_cycles"]):
+    population = [(current, x0)] * opts.cptv_population
+    for _ in range(opts.cptv_cycles):
         if not clock.allows("child"):
             break
-        picks = torch.randint(len(population), (opts["cptv_tournament"],), generator=generator)
+        picks = torch.randint(len(population), (opts.cptv_tournament,), generator=generator)
         parent = min((population[j] for j in picks.tolist()), key=lambda m: m[0])[1]
         noise = (torch.rand(len(parent), generator=generator) * 2 - 1) * eps
         child = (parent * (1 + noise.to(parent.device))).clamp_min(MIN_SCALE)
@@ -262,23 +269,24 @@ def _evolve(gm, scales: list[_Scale], current: float, score, opts: dict,
     return best
 
 
+@graph_pass(requires=(quantized,))
 @torch.no_grad()
 def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
                        calib_loader: Iterable) -> fx.GraphModule:
-    opts = _options(config)
-    clock = _Clock(opts["cptv_max_seconds"])
+    opts = CptvOptions.from_options(config.options)
+    clock = _Clock(opts.cptv_max_seconds)
     blocks = split_blocks(gm)
     adds = set(patterns.residual_adds(gm))
     searched = [(i, s) for i, b in enumerate(blocks) if (s := _block_scales(gm, b, adds, opts))]
     if not searched:
         raise FxQuantError(f"cpt-v found no uniform scales to search (cptv_scales="
-                           f"{opts['cptv_scales']!r}); 'attention' needs Softmax residual branches")
-    generator = torch.Generator().manual_seed(opts["cptv_seed"])
+                           f"{opts.cptv_scales!r}); 'attention' needs Softmax residual branches")
+    generator = torch.Generator().manual_seed(opts.cptv_seed)
     inputs = graph_inputs(gm, calib_loader)
     n = len(next(iter(inputs.values())))
     order = torch.randperm(n, generator=generator)
     inputs = {k: v[order.to(v.device)] for k, v in inputs.items()}
-    n_search = n - round(n * opts["cptv_holdout"])
+    n_search = n - round(n * opts.cptv_holdout)
     if n_search < 2:
         raise FxQuantError(f"cpt-v needs at least 2 calibration images to search on, got {n_search}")
     search_rows, hold_rows, all_rows = slice(0, n_search), slice(n_search, n), slice(0, n)
@@ -287,7 +295,7 @@ def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
                         for i in range(0, n, _CHUNK)])
 
     def loss(out: torch.Tensor, rows: slice) -> float:
-        return contrastive_loss(out, target[rows], opts["cptv_temperature"], opts["cptv_batch_size"])
+        return contrastive_loss(out, target[rows], opts.cptv_temperature, opts.cptv_batch_size)
 
     def search_loss(start: int) -> float:
         return loss(suffix.run(start, cache, search_rows)[0], search_rows)
@@ -304,7 +312,7 @@ def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
     record = {"searched": {i: [s.name for s in scales] for i, scales in searched},
               "images": {"search": n_search, "holdout": n - n_search},
               "start_loss": current, "start_judge": first, "history": [], "visits": []}
-    bar = tqdm(total=opts["cptv_passes"] * len(searched) * opts["cptv_cycles"], desc="cpt-v search",
+    bar = tqdm(total=opts.cptv_passes * len(searched) * opts.cptv_cycles, desc="cpt-v search",
                leave=False)
 
     def report(child_loss: float, best_loss: float) -> None:
@@ -313,7 +321,7 @@ def contrastive_search(gm: fx.GraphModule, config: QuantConfig,
         bar.update(1)
         bar.set_postfix(loss=f"{best_loss:.4f}", held_out=f"{best['judge']:.4f}")
 
-    for p in range(opts["cptv_passes"]):
+    for p in range(opts.cptv_passes):
         if clock.spent:
             break
         if p and clock.allows("refresh"):

@@ -1,7 +1,7 @@
 """Quantized graph -> the float graph it approximates: quantizer ops bypassed, float weights back.
 
 It is the model after reparameterization (folds are exact in float) with the weights the integer
-codes were rounded from (`quantize.FLOAT_WEIGHT_KEY`), so refinements (recon, cpt-v) measure the
+codes were rounded from (their annotation's `float_weight`), so refinements (recon, cpt-v) measure the
 quantized graph against it. The quantized graph is left untouched; node names are kept.
 """
 from __future__ import annotations
@@ -11,10 +11,9 @@ import functools
 
 import torch.fx as fx
 
-from fxquant import roles
+from fxquant import annotation
 from fxquant.errors import FxQuantError
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
-from fxquant.quantizers.custom_op import is_quant_op
+from fxquant.quantizers.custom_op import is_quant_op, quantized_value
 
 
 def _is_fxquant_op(node: fx.Node) -> bool:
@@ -23,7 +22,7 @@ def _is_fxquant_op(node: fx.Node) -> bool:
 
 def is_activation_quantizer(node: fx.Node) -> bool:
     """An fxquant op the quantize pass emitted for an activation (its role is on the node)."""
-    return _is_fxquant_op(node) and roles.META_KEY in node.meta
+    return _is_fxquant_op(node) and annotation.of(node).role is not None
 
 
 def float_reference(gm: fx.GraphModule) -> fx.GraphModule:
@@ -31,13 +30,13 @@ def float_reference(gm: fx.GraphModule) -> fx.GraphModule:
     weights = {}
     for node in list(graph.nodes):
         if is_activation_quantizer(node):
-            node.replace_all_uses_with(node.args[0])
+            node.replace_all_uses_with(quantized_value(node))
             graph.erase_node(node)
-        elif node.meta.get(roles.WEIGHT_KEY) and node.op == "call_function":
-            if FLOAT_WEIGHT_KEY not in node.meta:
+        elif annotation.of(node).weighted and node.op == "call_function":
+            if annotation.of(node).float_weight is None:
                 raise FxQuantError(f"{node.name} carries no float weight: quantize the model with "
                                    "this version of fxquant before refining it")
-            weights[f"{node.name}_float_weight"] = node.meta[FLOAT_WEIGHT_KEY]
+            weights[f"{node.name}_float_weight"] = annotation.of(node).float_weight
             with graph.inserting_before(node):
                 node.update_arg(1, graph.get_attr(f"{node.name}_float_weight"))
     graph.eliminate_dead_code(lambda n: not (n.op == "get_attr" or _is_fxquant_op(n)))

@@ -1,7 +1,10 @@
 """Observer(x) -> fxquant quantizer op(x, params); Linear/Conv -> dequantize(int codes) -> F.linear/conv.
 
 Activation parameters come from each observer's statistics, fitted as the recipe says, unless a
-pass before this one (e.g. the LayerNorm fold) already left fitted parameters on the observer.
+pass before this one (e.g. the LayerNorm fold) already left fitted parameters in the observer
+node's annotation. Each quantized Linear/Conv is annotated with the float weight its codes were
+rounded from and their code range, for refinements that re-round or re-scale (recon, cpt-v);
+the float weight is a copy (the user's model is never shared) and never exported.
 Weights are stored as int8 codes plus per-channel scale and zero point, never as floats; their
 bits follow the config's target (`fxquant/target.py`): on the portable target an 8-bit weight
 whose GEMM input can reach code 255 gets 7-bit codes, so no CPU's int8 GEMM can saturate.
@@ -12,26 +15,19 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from fxquant import patterns, quantizers, roles, target
+from fxquant import annotation, patterns, quantizers, roles, target
 from fxquant.config import QuantConfig
 from fxquant.passes.buffers import buffer_node
+from fxquant.passes.contract import calibrated, graph_pass, no_observers, quantized
 from fxquant.passes.insert_observers import observer_nodes
 from fxquant.quantizers.uniform import UniformQuantizer, dequantize, fake_quant, qrange, quantize_codes
-
-FITTED_ATTR = "fitted"  # an observer attribute a pass may set to override fitting
-# Meta on each quantized F.linear/conv node: the float weight its codes were rounded from, for
-# refinements that re-round or re-scale (recon, cpt-v). Kept out of the buffers: never exported.
-FLOAT_WEIGHT_KEY = "fxquant_float_weight"
-# Meta on the same nodes: (qmin, qmax) of the weight codes, for refinements that re-round them.
-WEIGHT_RANGE_KEY = "fxquant_weight_code_range"
-
 
 def activation_max(node: fx.Node) -> int:
     """The largest unsigned code a GEMM input can carry into onnxruntime's int8 kernel: a uniform
     quantizer's qmax (int8 codes count 128 more); anything else could reach 255."""
     if node.op == "call_function" and node.target is fake_quant.overload:
-        qmin, qmax = node.args[3], node.args[4]
-        return qmax if qmin >= 0 else qmax + 128
+        args = fake_quant.arguments(node)
+        return args.qmax if args.qmin >= 0 else args.qmax + 128
     return target.FULL_RANGE_ACTIVATION_MAX
 
 
@@ -69,9 +65,8 @@ def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -
         else:
             new = graph.call_function(F.conv2d, (node.args[0], weight, bias, module.stride,
                                                  module.padding, module.dilation, module.groups))
-    new.meta[roles.WEIGHT_KEY] = True
-    new.meta[FLOAT_WEIGHT_KEY] = module.weight.detach()
-    new.meta[WEIGHT_RANGE_KEY] = (params.qmin, params.qmax)
+    annotation.update(new, weighted=True, float_weight=module.weight.detach().clone(),
+                      weight_range=(params.qmin, params.qmax))
     node.replace_all_uses_with(new)
     graph.erase_node(node)
 
@@ -79,23 +74,24 @@ def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -
 def _quantize_activation(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> None:
     observer = gm.get_submodule(node.target)
     spec = config.roles[observer.role]
-    params = getattr(observer, FITTED_ATTR, None)
+    params = annotation.of(node).fitted
     if params is None:
         params = quantizers.get(spec.quantizer).fit(observer, spec, config.bits_for(spec))
     graph = gm.graph
     with graph.inserting_before(node):
         tensors = [buffer_node(gm, f"{node.name}_{k}", v) for k, v in params.tensors().items()]
         new = graph.call_function(params.op.overload, (node.args[0], *tensors, *params.constants()))
-    new.meta[roles.META_KEY] = observer.role
+    annotation.update(new, role=observer.role)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
 
 
+@graph_pass(requires=(calibrated,), ensures=(no_observers, quantized))
 def quantize(gm: fx.GraphModule, config: QuantConfig) -> fx.GraphModule:
     for node in observer_nodes(gm):
         _quantize_activation(gm, node, config)
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and node.meta.get(roles.WEIGHT_KEY):
+        if node.op == "call_module" and annotation.of(node).weighted:
             _quantize_weighted(gm, node, config)
     gm.graph.lint()
     gm.delete_all_unused_submodules()

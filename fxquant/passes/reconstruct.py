@@ -11,9 +11,10 @@ output on the calibration images matches the float block's (`float_reference`):
 The result goes back into the graph's own buffers: hard rounding -> integer codes, learned steps
 -> scales. Zero points and the graph's structure are unchanged, so the export is unchanged.
 
-Options (`config.options`, defaults in OPTIONS): recon_iters per block, recon_max_seconds for the
-whole pass (split over the blocks left; a block stops early and its schedules follow elapsed time;
-None = no limit, the only setting whose result does not depend on the machine's speed),
+Options (`config.options`, defaults and allowed values in ReconOptions): recon_iters per block,
+recon_max_seconds for the whole pass (split over the blocks left; a block stops early and its
+schedules follow elapsed time; None = no limit, the only setting whose result does not depend on
+the machine's speed),
 recon_seed, recon_batch_size, recon_drop_prob (p), recon_weight_lr, recon_scale_lr,
 recon_round_weight, recon_warmup (fraction without the regularizer), recon_adds_per_block
 (2 = attention + MLP of a transformer block).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -29,21 +31,36 @@ import torch.fx as fx
 from torch import nn
 from tqdm import tqdm
 
-from fxquant import roles
+from fxquant import annotation
 from fxquant.blocks import Block, block_module, split_blocks
 from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
+from fxquant.options import COUNT, NON_NEGATIVE, POSITIVE_INT, PROBABILITY, Options, option, optional
+from fxquant.passes.contract import graph_pass, quantized
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
+from fxquant.quantizers.custom_op import split_call
 from fxquant.quantizers.uniform import MIN_SCALE, broadcast_shape, dequantize, fake_quant
 
-# QDrop's schedule is 20,000 iterations per block at learning rates 1e-3 / 4e-5; ours is 20 times
-# shorter (the 20-minute budget on 2 cores), so both rates are 10 times larger.
-OPTIONS = {"recon_iters": 1000, "recon_max_seconds": 1080, "recon_seed": 0,
-           "recon_batch_size": 32, "recon_drop_prob": 0.5, "recon_weight_lr": 1e-2,
-           "recon_scale_lr": 4e-4, "recon_round_weight": 0.01, "recon_warmup": 0.2,
-           "recon_adds_per_block": 2}
+
+@dataclass(frozen=True)
+class ReconOptions(Options):
+    """The `config.options` keys this pass reads (recon_*), checked when made."""
+    PREFIX = "recon_"
+    # QDrop's schedule is 20,000 iterations per block at learning rates 1e-3 / 4e-5; ours is 20
+    # times shorter (the 20-minute budget on 2 cores), so both rates are 10 times larger.
+    recon_iters: int = option(1000, POSITIVE_INT)
+    recon_max_seconds: float | None = option(1080, optional(NON_NEGATIVE))
+    recon_seed: int = option(0, COUNT)
+    recon_batch_size: int = option(32, POSITIVE_INT)
+    recon_drop_prob: float = option(0.5, PROBABILITY)
+    recon_weight_lr: float = option(1e-2, NON_NEGATIVE)
+    recon_scale_lr: float = option(4e-4, NON_NEGATIVE)
+    recon_round_weight: float = option(0.01, NON_NEGATIVE)
+    recon_warmup: float = option(0.2, PROBABILITY)
+    recon_adds_per_block: int = option(2, POSITIVE_INT)
+
+
 _CHUNK = 128  # images per forward when caching block inputs and outputs
 
 
@@ -158,7 +175,7 @@ class _TrainableBlock:
         self.steps: dict[str, _LearnedStep] = {}           # scale buffer -> learned step
         graph = module.graph
         for node in list(graph.nodes):
-            if node.op == "call_function" and node.meta.get(roles.WEIGHT_KEY):
+            if node.op == "call_function" and annotation.of(node).weighted:
                 self._replace_weight(node)
             elif is_activation_quantizer(node):
                 self._replace_activation(node)
@@ -167,27 +184,27 @@ class _TrainableBlock:
         module.recompile()
 
     def _replace_weight(self, node: fx.Node) -> None:
-        if FLOAT_WEIGHT_KEY not in node.meta or WEIGHT_RANGE_KEY not in node.meta:
+        note = annotation.of(node)
+        if note.float_weight is None or note.weight_range is None:
             raise FxQuantError(f"{node.name} carries no float weight: recon needs a model quantized "
                                "by this version of fxquant")
-        dq = node.args[1]
-        codes, scale, zero_point = (_resolve(self.module, a) for a in dq.args[:3])
-        weight = node.meta[FLOAT_WEIGHT_KEY]
-        qmin, qmax = node.meta[WEIGHT_RANGE_KEY]  # the code range the quantize pass used
-        rounding = _LearnedRounding(weight.to(scale.device), scale, zero_point, dq.args[3],
+        w = dequantize.arguments(node.args[1])   # F.linear / conv2d(x, weight, ...)
+        scale, zero_point = _resolve(self.module, w.scale), _resolve(self.module, w.zero_point)
+        qmin, qmax = note.weight_range  # the code range the quantize pass used
+        rounding = _LearnedRounding(note.float_weight.to(scale.device), scale, zero_point, w.axis,
                                     qmin, qmax)
-        self.roundings[dq.args[0].target] = rounding
+        self.roundings[w.codes.target] = rounding
         name = f"recon_{node.name}_weight"
         self.module.add_submodule(name, rounding)
         with self.module.graph.inserting_before(node):
             node.update_arg(1, self.module.graph.call_module(name))
 
     def _replace_activation(self, node: fx.Node) -> None:
-        x, *rest = node.args
+        x, rest = split_call(node)
         values = [_resolve(self.module, a) for a in rest]
         if node.target is fake_quant.overload:
             quantizer = _LearnedStep(*values, self.drop)
-            self.steps[rest[0].target] = quantizer
+            self.steps[fake_quant.arguments(node).scale.target] = quantizer
         else:
             quantizer = _FixedQuantizer(node.target, tuple(values), self.drop)
         name = f"recon_{node.name}"
@@ -205,13 +222,6 @@ class _TrainableBlock:
             codes.copy_(rounding.codes().to(codes.dtype))
         for scale_name, step in self.steps.items():
             getattr(self.module, scale_name).copy_(step.scale)
-
-
-def _options(config: QuantConfig) -> dict:
-    unknown = sorted(k for k in config.options if k.startswith("recon_") and k not in OPTIONS)
-    if unknown:
-        raise FxQuantError(f"unknown reconstruction option(s) {unknown}: available are {sorted(OPTIONS)}")
-    return {**OPTIONS, **{k: v for k, v in config.options.items() if k in OPTIONS}}
 
 
 @torch.no_grad()
@@ -236,16 +246,16 @@ def _beta(progress: float, warmup: float, start: float = 20.0, end: float = 2.0)
     return end + (start - end) * max(0.0, 1 - rel)
 
 
-def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
+def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts: ReconOptions,
            seconds: float | None, bar: tqdm) -> dict:
     inputs = [v.name for v in spec.inputs if v.name in q_cache]
     outputs = [v.name for v in spec.outputs]
     roundings = list(block.roundings.values())
     steps = list(block.steps.values())
-    opt_w = torch.optim.Adam([r.v for r in roundings], lr=opts["recon_weight_lr"]) if roundings else None
-    opt_s = torch.optim.Adam([s.scale for s in steps], lr=opts["recon_scale_lr"]) if steps else None
+    opt_w = torch.optim.Adam([r.v for r in roundings], lr=opts.recon_weight_lr) if roundings else None
+    opt_s = torch.optim.Adam([s.scale for s in steps], lr=opts.recon_scale_lr) if steps else None
     total = len(next(iter(targets.values())))
-    iters, warmup = opts["recon_iters"], opts["recon_warmup"]
+    iters, warmup = opts.recon_iters, opts.recon_warmup
     block.drop.active = True
     start, first, last, it = time.perf_counter(), None, None, 0
     for it in range(iters):
@@ -255,14 +265,14 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
             progress = max(progress, elapsed / seconds) if seconds > 0 else 1.0
         if progress >= 1:
             break
-        idx = torch.randint(total, (opts["recon_batch_size"],), generator=block.drop.generator)
+        idx = torch.randint(total, (opts.recon_batch_size,), generator=block.drop.generator)
         feed = {n: block.drop.mix(q_cache[n][idx], f_cache[n][idx]) for n in inputs}
         outs = block.module(**feed)
         rec = sum(_lp_loss(o, targets[name][idx]) for o, name in zip(outs, outputs))
         loss = rec
         if progress >= warmup and roundings:
             beta = _beta(progress, warmup)
-            loss = rec + opts["recon_round_weight"] * sum(r.regularizer(beta) for r in roundings)
+            loss = rec + opts.recon_round_weight * sum(r.regularizer(beta) for r in roundings)
         for opt in (opt_w, opt_s):
             if opt is not None:
                 opt.zero_grad()
@@ -271,7 +281,7 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
             opt_w.step()
         if opt_s is not None:
             for group in opt_s.param_groups:  # cosine decay, as in QDrop
-                group["lr"] = opts["recon_scale_lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+                group["lr"] = opts.recon_scale_lr * 0.5 * (1 + math.cos(math.pi * progress))
             opt_s.step()
             with torch.no_grad():
                 for s in steps:
@@ -285,20 +295,21 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+@graph_pass(requires=(quantized,))
 def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable) -> fx.GraphModule:
-    opts = _options(config)
+    opts = ReconOptions.from_options(config.options)
     start = time.perf_counter()
     reference = float_reference(gm)
-    k = opts["recon_adds_per_block"]
+    k = opts.recon_adds_per_block
     q_blocks, f_blocks = split_blocks(gm, k), split_blocks(reference, k)
     if [len(b.outputs) for b in q_blocks] != [len(b.outputs) for b in f_blocks]:
         raise FxQuantError("the quantized graph and its float reference split into different blocks")
     q_cache = graph_inputs(gm, calib_loader)
     f_cache = dict(q_cache)
-    drop = _Dropper(opts["recon_drop_prob"], torch.Generator().manual_seed(opts["recon_seed"]))
-    budget = opts["recon_max_seconds"]
+    drop = _Dropper(opts.recon_drop_prob, torch.Generator().manual_seed(opts.recon_seed))
+    budget = opts.recon_max_seconds
     stats = []
-    bar = tqdm(total=len(q_blocks) * opts["recon_iters"], desc="reconstructing", leave=False)
+    bar = tqdm(total=len(q_blocks) * opts.recon_iters, desc="reconstructing", leave=False)
     for i, (qb, fb) in enumerate(zip(q_blocks, f_blocks)):
         targets = _run_block(block_module(reference, fb), fb, f_cache)
         block = _TrainableBlock(block_module(gm, qb), drop)

@@ -4,9 +4,11 @@ For LN -> [layout ops]* -> Linear(s) with channel-wise grids (s_c, z_c) fitted o
     s~ = target(s), z~ = round(target(z)), r = s / s~, t = s~ (z - z~)
     LN: gamma' = gamma / r, beta' = beta / r + t        Linear: W' = W diag(r), b' = b - W' t
 The float function is unchanged and the per-tensor grid (s~, z~) on the new LN output is the
-channel-wise grid in the old units (z~ is an integer); it is left on the observers as `fitted`.
+channel-wise grid in the old units (z~ is an integer); it is left in the observer nodes'
+annotation (`fitted`).
 Zero padding on a path becomes pad(x - t) + t, so padded positions still mean 0 in old units.
-The target (`config.options["fold_target"]`, default "mean") names an entry of FOLD_TARGETS.
+The target (`config.options["fold_target"]`, default "mean", read as FoldOptions) names an entry
+of FOLD_TARGETS.
 
 When the LN output is also read unquantized by something else (post-LN BERT: the residual add),
 gamma and beta must stay. The same factors then go on the quantized branch only, as a constant
@@ -18,20 +20,21 @@ from __future__ import annotations
 
 import copy
 import operator
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from fxquant import patterns, roles
+from fxquant import annotation, patterns, roles
 from fxquant.calibrate import run_batch
 from fxquant.config import QuantConfig
 from fxquant.data import batch_inputs
 from fxquant.errors import FxQuantError
-from fxquant.passes.insert_observers import OBSERVED_KEY, observer_nodes
-from fxquant.passes.quantize import FITTED_ATTR
+from fxquant.options import Options, one_of, option
+from fxquant.passes.contract import calibrated, graph_pass
+from fxquant.passes.insert_observers import observer_nodes
 from fxquant.quantizers.uniform import UniformQuantizer
 
 # Per-tensor target of the channel scales / zero points; "median" is DopQ-ViT's MOSF.
@@ -39,28 +42,11 @@ FOLD_TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": torch
                                                                    "median": torch.median}
 
 
-def _reach(gm: fx.GraphModule, ln: fx.Node) -> tuple[list[fx.Node], ...]:
-    """(observers, Linears, pads, float readers, quantized readers) the LN output reaches through
-    layout ops; float readers read it unquantized, quantized readers after an observer."""
-    observers, linears, pads, float_readers, quantized_readers, seen = [], [], [], [], [], set()
-    stack = [(user, False) for user in ln.users]
-    while stack:
-        node, quantized = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if OBSERVED_KEY in node.meta:
-            observers.append(node)
-            stack.extend((user, True) for user in node.users)
-        elif patterns.is_linear(gm, node):
-            linears.append(node)
-        elif patterns.is_layout(node):
-            if node.target is F.pad:
-                pads.append(node)
-            stack.extend((user, quantized) for user in node.users)
-        elif not patterns.reads_only_metadata(node):
-            (quantized_readers if quantized else float_readers).append(node)
-    return observers, linears, pads, float_readers, quantized_readers
+@dataclass(frozen=True)
+class FoldOptions(Options):
+    """The `config.options` key this pass reads, checked when made."""
+    PREFIX = "fold_"
+    fold_target: str = option("mean", one_of(FOLD_TARGETS))
 
 
 def _own_copy(gm: fx.GraphModule, node: fx.Node, what: str) -> nn.Module:
@@ -183,7 +169,7 @@ def _scale_quantized_branch(gm: fx.GraphModule, ln: fx.Node, observers: list[fx.
             scaled = graph.call_function(operator.mul, (value, graph.get_attr(f"{ln.name}_smooth_scale")))
             shifted = graph.call_function(operator.add, (scaled, graph.get_attr(f"{ln.name}_smooth_shift")))
         obs.replace_input_with(value, shifted)
-        obs.meta[OBSERVED_KEY] = shifted
+        annotation.update(obs, observes=shifted)
 
 
 def _shift_padding(gm: fx.GraphModule, pad: fx.Node, name: str, t: torch.Tensor) -> None:
@@ -198,19 +184,21 @@ def _shift_padding(gm: fx.GraphModule, pad: fx.Node, name: str, t: torch.Tensor)
     pad.replace_all_uses_with(restored, delete_user_cb=lambda user: user is not restored)
 
 
+@graph_pass(requires=(calibrated,))
 def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
                              calib_loader: Iterable) -> fx.GraphModule:
     spec = config.roles.get(roles.POST_LAYERNORM)
     if spec is None or not spec.per_channel:
         return gm
-    target = config.options.get("fold_target", "mean")
+    target = FoldOptions.from_options(config.options).fold_target
     folds = {}
     for ln in [n for n in gm.graph.nodes if patterns.is_layernorm(gm, n)]:
-        observers, linears, pads, float_readers, quantized_readers = _reach(gm, ln)
+        reach = patterns.layernorm_reach(gm, ln)
+        observers, linears, pads = reach.observers, reach.linears, reach.pads
         if not observers or not linears:
             continue
-        if quantized_readers:
-            other = quantized_readers[0]
+        if reach.quantized_readers:
+            other = reach.quantized_readers[0]
             raise FxQuantError(f"LayerNorm {ln.name} feeds {other.name} ({other.target}) through its "
                                "quantizer, which is not a Linear: its per-channel scales cannot be "
                                "folded exactly; quantize post_layernorm per tensor for this model")
@@ -218,7 +206,7 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
         if module is None or len(module.normalized_shape) != 1:
             raise FxQuantError(f"LayerNorm {ln.name} must be an nn.LayerNorm over the last axis "
                                "for the RepQ-ViT fold")
-        folds[ln] = (observers, linears, pads, bool(float_readers))
+        folds[ln] = (observers, linears, pads, bool(reach.float_readers))
     if folds:
         _check_channels_last(gm, folds, calib_loader)
     for ln, (observers, linears, pads, explicit) in folds.items():
@@ -233,7 +221,7 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
             for i, pad in enumerate(pads):
                 _shift_padding(gm, pad, f"{ln.name}_fold_shift_{i}", t)
         for obs in observers:
-            setattr(gm.get_submodule(obs.target), FITTED_ATTR, per_tensor)
+            annotation.update(obs, fitted=per_tensor)
     gm.graph.lint()
     gm.recompile()
     return gm

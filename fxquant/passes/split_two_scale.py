@@ -13,9 +13,10 @@ import operator
 import torch.fx as fx
 import torch.nn.functional as F
 
-from fxquant import roles
+from fxquant import annotation
 from fxquant.config import QuantConfig
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY
+from fxquant.passes.contract import graph_pass, quantized
+from fxquant.passes.rewrite import RewriteRule, apply
 from fxquant.quantizers.two_scale import two_scale_quant, two_scale_region
 
 TWO_SCALE = two_scale_quant.overload
@@ -29,25 +30,40 @@ def _split_linear(graph: fx.Graph, linear: fx.Node, parts: list[fx.Node]) -> Non
                     for i, part in enumerate(parts)]
         total = graph.call_function(operator.add, tuple(products))
     for product in products:
-        product.meta.update({k: linear.meta[k] for k in (roles.WEIGHT_KEY, FLOAT_WEIGHT_KEY, WEIGHT_RANGE_KEY)
-                             if k in linear.meta})
+        annotation.copy(linear, product)
     linear.replace_all_uses_with(total)
     graph.erase_node(linear)
 
 
+def _pattern(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    return node if node.op == "call_function" and node.target is TWO_SCALE else None
+
+
+def _linears(quantizer: fx.Node) -> list[fx.Node]:
+    return [u for u in quantizer.users
+            if u.target is F.linear and u.args[0] is quantizer and annotation.of(u).weighted]
+
+
+def _check(gm: fx.GraphModule, quantizer: fx.Node) -> str | None:
+    return None if _linears(quantizer) else "no quantized Linear reads it (nothing to split)"
+
+
+def _replace(gm: fx.GraphModule, quantizer: fx.Node) -> None:
+    graph = gm.graph
+    a = two_scale_quant.arguments(quantizer)
+    with graph.inserting_after(quantizer):
+        parts = [graph.call_function(REGION, (quantizer, a.fine_scale, a.shift, a.lo_small,
+                                              a.hi_small, a.hi_large, large))
+                 for large in (False, True)]
+    for linear in _linears(quantizer):
+        _split_linear(graph, linear, parts)
+
+
+RULE = RewriteRule("split_two_scale", _pattern, _check, _replace)
+
+
+@graph_pass(requires=(quantized,))
 def split_two_scale(gm: fx.GraphModule, config: QuantConfig | None = None,
                     calib_loader=None) -> fx.GraphModule:
-    graph = gm.graph
-    for quantizer in [n for n in graph.nodes if n.target is TWO_SCALE]:
-        linears = [u for u in quantizer.users
-                   if u.target is F.linear and u.args[0] is quantizer and u.meta.get(roles.WEIGHT_KEY)]
-        if not linears:
-            continue
-        with graph.inserting_after(quantizer):
-            parts = [graph.call_function(REGION, (quantizer, *quantizer.args[1:], large))
-                     for large in (False, True)]
-        for linear in linears:
-            _split_linear(graph, linear, parts)
-    graph.lint()
-    gm.recompile()
+    apply(gm, RULE)
     return gm

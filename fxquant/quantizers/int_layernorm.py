@@ -24,7 +24,7 @@ from onnxscript import ir
 from onnxscript import opset21 as op
 
 from fxquant.quantizers.custom_op import quant_op
-from fxquant.quantizers.pow2 import MAX_SHIFT
+from fxquant.quantizers.ptf import MAX_SHIFT
 
 M_BITS = 8   # A = M / 2^N with an 8-bit M
 _N_POWERS = [2.0 ** j for j in range(M_BITS - 1 - MAX_SHIFT, M_BITS)]   # 2^-23 .. 2^7

@@ -27,7 +27,7 @@ where range(G) = max over the group's channels − min over them, both widened t
 zp_G is a code, and each group G ∈ {N, O} has its own zero point, so each covers its whole range
 (the spec's s_N = max R_c / (2^b − 1) with one zero point shared as in PTF clips channels offset
 from each other, and normal channels whenever the global minimum belongs to them). The result is
-a two-level PTF (`pow2.PTFQuantizer`, shift α_c ∈ {0, k}, zero point per channel): the same op, ONNX
+a two-level PTF (`ptf.PTFQuantizer`, shift α_c ∈ {0, k}, zero point per channel): the same op, ONNX
 lowering and integer LayerNorm.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from fxquant.observers import search
 from fxquant.observers.observer import Observer
 from fxquant.quantizers.base import Quantizer, per_tensor_samples, register
 from fxquant.quantizers.custom_op import quant_op
-from fxquant.quantizers.pow2 import PTFQuantizer
+from fxquant.quantizers.ptf import PTFQuantizer
 from fxquant.quantizers.uniform import MIN_SCALE, qrange
 
 MIN_BITS, MAX_BITS = 3, 8

@@ -28,7 +28,6 @@ class LoadedModel:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_size: int
-    test_acc: float | None = None
 
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
@@ -45,8 +44,7 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     model.load_state_dict(ckpt["state_dict"])
     cfg = model.pretrained_cfg
     return LoadedModel(model.eval(), path.stem, tuple(ckpt.get("mean", cfg["mean"])),
-                       tuple(ckpt.get("std", cfg["std"])), model.patch_embed.img_size[0],
-                       ckpt.get("test_acc"))
+                       tuple(ckpt.get("std", cfg["std"])), model.patch_embed.img_size[0])
 
 
 def load_timm(name: str, random_weights: bool) -> LoadedModel:

@@ -52,7 +52,7 @@ def test_bench_searches_without_the_test_images(tmp_path, capsys, monkeypatch):
     assert run["stopped_by_budget"] and run["evaluations"] == 0   # no budget: the model as it was
     assert run["after_top1"] == row["before_top1"] and row["gain_pp_mean"] == run["gain_pp"] == 0
     assert run["parity"]["images"] == 32  # whole batches: the one batch of 32
-    assert 0 <= run["parity"]["top1_agreement"] <= 1
+    assert run["parity"]["top1_agreement"] >= 31 / 32   # onnxruntime agrees on all but one image
     assert (tmp_path / "cpt_v_loss.png").stat().st_size > 0
     assert json.loads((tmp_path / "cpt_v.json").read_text())["results"][0]["before_top1"] == row["before_top1"]
     assert "| minmax | W4A4 |" in (tmp_path / "cpt_v.md").read_text()

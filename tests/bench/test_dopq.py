@@ -14,6 +14,7 @@ def test_ablation_rows_follow_the_variants(tmp_path, capsys):
     assert [(r["variant"], r["bits"]) for r in result["rows"]] == [("repq-vit", "w4a4"),
                                                                    ("tanq", "w4a4")]
     assert len(rows_file.read_text().splitlines()) == 2
-    assert all(0 <= r["top1"] <= 1 and r["recon_seconds"] is None for r in result["rows"])
-    assert all(r["parity"]["images"] == 8 and 0 <= r["parity"]["top1_agreement"] <= 1
-               for r in result["rows"])
+    for r in result["rows"]:
+        assert (r["top1"] * 8).is_integer() and r["recon_seconds"] is None   # k of the 8 images
+        # onnxruntime and PyTorch pick the same class on at least 7 of the 8 images
+        assert r["parity"]["images"] == 8 and r["parity"]["top1_agreement"] >= 7 / 8

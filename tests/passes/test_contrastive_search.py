@@ -6,11 +6,10 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, config, pipeline, roles
+from fxquant import FxQuantError, annotation, config, pipeline, roles
 from fxquant.lowering.parity import onnx_output
 from fxquant.passes.contrastive_search import contrastive_loss, contrastive_search
 from fxquant.passes.float_reference import float_reference
-from fxquant.passes.quantize import FLOAT_WEIGHT_KEY
 from fxquant.quantizers.uniform import quantize_codes
 
 
@@ -56,10 +55,10 @@ def _setup(spoil=1.0, **options):
     cfg = replace(config.resolve("minmax", "w3a4"), options={**_FAST, **options})
     qmodel = fxquant.convert(model, calib, cfg)
     for node in qmodel.graph.nodes:
-        if FLOAT_WEIGHT_KEY in node.meta:
+        if annotation.of(node).float_weight is not None:
             codes, scale, zero_point = (getattr(qmodel, a.target) for a in node.args[1].args[:3])
             scale.mul_(spoil)
-            codes.copy_(quantize_codes(node.meta[FLOAT_WEIGHT_KEY], scale, zero_point, -4, 3, 0))
+            codes.copy_(quantize_codes(annotation.of(node).float_weight, scale, zero_point, -4, 3, 0))
         elif node.target is torch.ops.fxquant.fake_quant.default:
             getattr(qmodel, node.args[1].target).mul_(spoil)
     return calib, cfg, qmodel
@@ -96,9 +95,9 @@ def test_search_lowers_the_loss_and_keeps_every_quantizer_valid():
     assert any(k.endswith("_scale") for k in changed)
     assert all(k.endswith(("_weight_scale", "_weight_codes")) for k in changed)
     for node in qmodel.graph.nodes:                             # codes = rounding under new scales
-        if FLOAT_WEIGHT_KEY in node.meta:
+        if annotation.of(node).float_weight is not None:
             codes, scale, zero_point = (getattr(qmodel, a.target) for a in node.args[1].args[:3])
-            assert torch.equal(codes.int(), quantize_codes(node.meta[FLOAT_WEIGHT_KEY], scale,
+            assert torch.equal(codes.int(), quantize_codes(annotation.of(node).float_weight, scale,
                                                            zero_point, -4, 3, 0))
 
 
@@ -136,7 +135,7 @@ def test_all_scales_keep_zero_points_and_dtypes_and_export_the_searched_values()
 
 def test_a_scale_another_op_reads_is_left_alone():
     calib, cfg, qmodel = _setup(cptv_scales="all", cptv_passes=0)
-    softmax_quant = next(n for n in qmodel.graph.nodes if n.meta.get(roles.META_KEY) == roles.POST_SOFTMAX
+    softmax_quant = next(n for n in qmodel.graph.nodes if annotation.of(n).role == roles.POST_SOFTMAX
                          and n.target is torch.ops.fxquant.fake_quant.default)
     with qmodel.graph.inserting_after(softmax_quant):     # e.g. an integer Softmax's constants
         qmodel.graph.call_function(torch.mul, (softmax_quant, softmax_quant.args[1]))
@@ -174,9 +173,10 @@ def test_time_budget_returns_the_start_when_spent():
                                               ({"cptv_scales": "nope"}, "cptv_scales"),
                                               ({"cptv_holdout": 1.0}, "cptv_holdout")])
 def test_bad_options_are_refused(options, message):
-    calib, cfg, qmodel = _setup(**options)
+    """By the pass called alone (convert refuses them earlier: tests/test_methods.py)."""
+    calib, cfg, qmodel = _setup(cptv_passes=0)
     with pytest.raises(FxQuantError, match=message):
-        contrastive_search(qmodel, cfg, calib)
+        contrastive_search(qmodel, replace(cfg, options={**cfg.options, **options}), calib)
 
 
 def test_a_model_without_attention_is_refused():

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import fxquant
+from fxquant.passes.rewrite import REPORTS_KEY
 
 INT_LN = torch.ops.fxquant.int_layer_norm.default
 
@@ -48,10 +49,14 @@ def test_every_layernorm_becomes_integer_and_stays_close_to_float():
     assert (out - ref).norm() / ref.norm() < 0.05
 
 
-def test_a_layernorm_read_in_float_stays_float():
+def test_a_layernorm_read_in_float_stays_float_and_the_report_says_why():
     qmodel, _ = _convert(_Stream(side=True).eval())
     ops = _ops(qmodel)
     assert ops[INT_LN] == 1 and "ln1" in ops
+    report = qmodel.meta[REPORTS_KEY]["integer_layernorm"]
+    assert report.rewritten == ["ln2"]
+    assert report.rejected == {"ln1": "its output is not read by one uniform quantizer (per tensor, "
+                                      "or per last-axis channel without layout ops in between)"}
 
 
 def test_any_recipe_fully_quantized_gets_integer_layernorm_from_a_per_tensor_input():

@@ -6,7 +6,9 @@ from torch import nn
 
 import fxquant
 from fxquant import patterns
+from fxquant.passes.rewrite import REPORTS_KEY
 from fxquant.quantizers.int_softmax import LISQuantizer
+from fxquant.quantizers.log2 import log_quant
 
 LOG_QUANT = torch.ops.fxquant.log_quant.default
 
@@ -48,7 +50,10 @@ def test_lis_read_outside_a_product_keeps_float_softmax_with_lis_levels():
     qmodel, ops, _ = _convert(_Attention(mixed=True).eval(), "w8a8attn4")
     assert ops["softmax"] == 1 and ops[LOG_QUANT] == 1
     node = next(n for n in qmodel.graph.nodes if n.target is LOG_QUANT)
-    assert torch.equal(qmodel.get_buffer(node.args[1].target), LISQuantizer.for_bits(4).thresholds)
+    thresholds = log_quant.arguments(node).thresholds
+    assert torch.equal(qmodel.get_buffer(thresholds.target), LISQuantizer.for_bits(4).thresholds)
+    [reason] = qmodel.meta[REPORTS_KEY]["integer_softmax"].rejected.values()
+    assert reason == "its LIS output is read by something other than A·V products"
 
 
 class _PaddedAttention(_Attention):

@@ -5,11 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant import FxQuantError, config, roles, trace
+from fxquant import FxQuantError, annotation, config, roles, trace
 from fxquant.calibrate import calibrate
 from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.passes.insert_observers import insert_observers, observer_nodes
-from fxquant.passes.quantize import FITTED_ATTR
 from fxquant.passes.reparameterize_layernorm import fold_factors, reparameterize_layernorm
 from fxquant.quantizers.uniform import UniformQuantizer, fake_quantize
 
@@ -66,12 +65,11 @@ def test_fold_keeps_the_float_function_and_leaves_an_integer_per_tensor_grid(mod
     expected = model(x)
     gm = reparameterize_layernorm(_calibrated(model, x), CFG, [x])
     torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-5)
-    fitted = {id(getattr(gm.get_submodule(o.target), FITTED_ATTR, None))
-              for o in observer_nodes(gm) if o.meta[roles.META_KEY] == roles.POST_LAYERNORM}
+    fitted = {id(annotation.of(o).fitted)
+              for o in observer_nodes(gm) if annotation.of(o).role == roles.POST_LAYERNORM}
     assert len(fitted) == 1                              # q, k, v share one quantizer
-    params = getattr(gm.get_submodule(next(o.target for o in observer_nodes(gm)
-                                           if o.meta[roles.META_KEY] == roles.POST_LAYERNORM)),
-                     FITTED_ATTR)
+    params = next(annotation.of(o).fitted for o in observer_nodes(gm)
+                  if annotation.of(o).role == roles.POST_LAYERNORM)
     assert params.scale.numel() == 1 and params.zero_point.dtype == torch.int32
 
 
@@ -165,7 +163,7 @@ def test_repq_vit_recipe_quantizes_the_folded_qkv_input_per_tensor():
     model, x = _QKV(), torch.randn(4, 10, 16)
     qmodel = fxquant.convert(model, [x], "repq-vit", "w4a4")
     ln_quant = next(n for n in qmodel.graph.nodes if n.target is torch.ops.fxquant.fake_quant.default
-                    and n.meta.get(roles.META_KEY) == roles.POST_LAYERNORM)
+                    and annotation.of(n).role == roles.POST_LAYERNORM)
     assert qmodel.get_buffer(ln_quant.args[1].target).numel() == 1       # one scale, per tensor
 
 
@@ -194,6 +192,6 @@ def test_post_ln_keeps_the_layernorm_and_scales_only_the_branch_to_the_linears()
         assert len(smooth) == 1 and [u.target for u in smooth[0].users] == [operator.add]
         quantizer = next(iter(smooth[0].users)).users
         assert [gm.get_submodule(o.target).role for o in quantizer] == [roles.POST_LAYERNORM]
-        assert getattr(gm.get_submodule(next(iter(quantizer)).target), FITTED_ATTR).scale.numel() == 1
+        assert annotation.of(next(iter(quantizer))).fitted.scale.numel() == 1
         residual = [u for u in ln.users if u.target is operator.add]
         assert len(residual) == 1                        # reads the LayerNorm output itself

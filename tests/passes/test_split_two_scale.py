@@ -10,6 +10,7 @@ import fxquant
 from fxquant import RoleSpec, config, roles
 from fxquant.lowering.export import to_onnx_ir
 from fxquant.lowering.runtime import OnnxModule, session
+from fxquant.passes.rewrite import REPORTS_KEY
 from fxquant.passes.split_two_scale import split_two_scale
 
 
@@ -34,6 +35,7 @@ def test_linear_after_v2sf_reads_two_uint8_parts_and_runs_on_integer_kernels(tmp
     targets = Counter(n.target for n in qmodel.graph.nodes if n.op == "call_function")
     assert targets[torch.ops.fxquant.two_scale_region.default] == 2
     assert targets[nn.functional.linear] == 3                      # fc1, fc2 on each part
+    assert qmodel.meta[REPORTS_KEY]["split_two_scale"].rewritten == ["two_scale_quant_default"]
     torch.testing.assert_close(qmodel(x), before, rtol=0, atol=1e-5)
 
     path, optimized = tmp_path / "mlp.onnx", tmp_path / "optimized.onnx"

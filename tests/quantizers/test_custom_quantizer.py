@@ -9,15 +9,15 @@ from onnxscript import opset21 as op
 
 import fxquant
 from fxquant import FxQuantError, RoleSpec, config, roles
-from fxquant.lowering.parity import agreement
+from fxquant.lowering.parity import agreement, onnx_output
 from fxquant.lowering.runtime import OnnxModule
 from fxquant.quantizers import QUANTIZERS, Quantizer, quant_op, register
 
 
 @quant_op("test_pow2_scale_quant")
 def pow2_scale_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 grid whose step is a power of two."""
-    return torch.clamp(torch.round(x / scale), -127, 127) * scale
+    """int8 grid whose step is a power of two (QuantizeLinear's rounding and saturation)."""
+    return torch.clamp(torch.round(x / scale), -128, 127) * scale
 
 
 @pow2_scale_quant.onnx
@@ -51,10 +51,26 @@ def test_a_registered_quantizer_runs_from_recipe_to_onnxruntime(ref, calib_loade
     assert len(calls) == 6                      # one post-GELU tensor per block
     scale = qmodel.get_buffer(calls[0].args[1].target)
     assert torch.log2(scale).item().is_integer()
-    path = fxquant.export_onnx(qmodel, tmp_path / "pow2.onnx", torch.randn(1, 3, 32, 32))
+    path = fxquant.export_onnx(qmodel, tmp_path / "ptf.onnx", torch.randn(1, 3, 32, 32))
     x = next(iter(test_loader))[0]
     stats = agreement(qmodel(x).detach(), OnnxModule(path)(x))
     assert stats["top1_agreement"] >= 0.995
+
+
+class _Pow2(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return pow2_scale_quant(x, self.scale)
+
+
+def test_the_onnx_translation_is_exact_on_ties_and_beyond_the_range():
+    scale = torch.tensor(0.25)
+    x = torch.cat([(torch.arange(-140, 140) + 0.5) * scale, torch.randn(1000) * 40])
+    module = _Pow2(scale)
+    assert torch.equal(onnx_output(module, x[:4], x), module(x))
 
 
 def test_a_name_is_registered_once():

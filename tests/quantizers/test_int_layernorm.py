@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxquant.lowering.parity import onnx_output
-from fxquant.quantizers import pow2
+from fxquant.quantizers import ptf
 from fxquant.quantizers.int_layernorm import int_layer_norm
 from fxquant.quantizers.uniform import UniformQuantizer
 
@@ -11,7 +11,7 @@ from fxquant.quantizers.uniform import UniformQuantizer
 def _setup(seed=0, c=32):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(4, 20, c, generator=g) * torch.linspace(0.1, 6, c) + torch.linspace(-2, 3, c)
-    p = pow2.PTFQuantizer.from_samples(x.reshape(-1, c), x.min(), x.max(), 8)
+    p = ptf.PTFQuantizer.from_samples(x.reshape(-1, c), x.min(), x.max(), 8)
     xq = p.fake_quantize(x)
     weight, bias = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g) * 0.2
     ref = F.layer_norm(xq, (c,), weight, bias, eps=0)

@@ -21,7 +21,7 @@ from torch import nn
 from fxquant.lowering.parity import onnx_output
 from fxquant.observers import search
 from fxquant.quantizers import int_softmax as isx
-from fxquant.quantizers import log2, pow2, tan, two_scale
+from fxquant.quantizers import log2, ptf, tanq, two_scale
 from fxquant.quantizers.int_layernorm import int_layer_norm
 from fxquant.quantizers.uniform import UniformQuantizer, quantize_codes
 
@@ -102,12 +102,12 @@ def test_percentile_search_keeps_a_grid_no_worse_than_any_candidate(r, bits, sym
 @given(r=ranges(), bits=st.integers(2, 8), seed=seeds)
 def test_ptf_layer_grid_covers_the_range_and_each_channel_grid_its_values(r, bits, seed):
     samples = inside(*r, seed)
-    p = pow2.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), bits)
-    steps = pow2.channel_scales(p.scale, p.shift)
+    p = ptf.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), bits)
+    steps = ptf.channel_scales(p.scale, p.shift)
     codes = quantize_codes(around(samples), steps, p.zero_point, p.qmin, p.qmax, -1)
-    assert codes.min() >= p.qmin and codes.max() <= p.qmax and p.shift.max() <= pow2.K
-    widest = p.scale * 2 ** pow2.K
-    assert_within(pow2.fake_quantize(samples, widest, p.zero_point, p.qmin, p.qmax), samples,
+    assert codes.min() >= p.qmin and codes.max() <= p.qmax and p.shift.max() <= ptf.K
+    widest = p.scale * 2 ** ptf.K
+    assert_within(ptf.fake_quantize(samples, widest, p.zero_point, p.qmin, p.qmax), samples,
                   widest / 2)
     x = inside((p.qmin - p.zero_point) * steps, (p.qmax - p.zero_point) * steps, seed)
     assert_within(p.fake_quantize(x), x, steps / 2)
@@ -121,7 +121,7 @@ def test_o2sf_covers_every_channel(r, outliers, mask, bits, seed):
     lo, hi = r
     hi = lo + (hi - lo).clamp(0.5, 2) * torch.where(torch.tensor(mask), torch.tensor(outliers), 1.0)
     p = two_scale.OutlierTwoScaleQuantizer.from_ranges(lo, hi, bits)
-    steps = pow2.channel_scales(p.scale, p.shift)
+    steps = ptf.channel_scales(p.scale, p.shift)
     x = inside(lo, hi, seed)
     codes = quantize_codes(around(x), steps, p.zero_point, p.qmin, p.qmax, -1)
     assert codes.min() >= p.qmin and codes.max() <= p.qmax
@@ -172,10 +172,10 @@ def test_log_quantizers_are_within_half_a_step_of_log2(bits, root, delta, seed):
 @st.composite
 def tan_params(draw):
     """(TanQ params, bits) with a valid (θ, c) of the search grid."""
-    theta, c = draw(st.sampled_from([(t, c) for t in tan.THETAS for c in tan.CROSSOVERS
+    theta, c = draw(st.sampled_from([(t, c) for t in tanq.THETAS for c in tanq.CROSSOVERS
                                      if t * max(c, 1 - c) < math.pi / 2]))
-    bits = draw(st.integers(tan.MIN_BITS, tan.MAX_BITS))
-    return tan.TanQuantizer.make(bits, draw(st.floats(1e-3, 100)), theta, c), bits
+    bits = draw(st.integers(tanq.MIN_BITS, tanq.MAX_BITS))
+    return tanq.TanQuantizer.make(bits, draw(st.floats(1e-3, 100)), theta, c), bits
 
 
 @FAST
@@ -192,8 +192,8 @@ def test_tanq_is_within_half_a_step_of_its_tangent(tq, seed):
     u0, u1 = math.tan(-p.theta * p.crossover), math.tan(p.theta * (1 - p.crossover))
     t = n * (torch.tan(p.theta * (x.double() / p.delta - p.crossover)) - u0) / (u1 - u0)
     assert (q - t).abs().max() <= 0.5 + 1e-3
-    levels, _ = tan.level_table(bits, p.theta, p.crossover)
-    assert_within(y.double(), p.delta * levels[q], p.delta / tan.FINE_STEPS / 2 + 1e-6 * p.delta)
+    levels, _ = tanq.level_table(bits, p.theta, p.crossover)
+    assert_within(y.double(), p.delta * levels[q], p.delta / tanq.FINE_STEPS / 2 + 1e-6 * p.delta)
     assert_idempotent_and_monotone(p.fake_quantize, around(x))
 
 
@@ -238,7 +238,7 @@ def test_integer_layernorm_is_within_a_step_and_its_multiplier_of_layernorm(chan
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(32, channels, generator=g) * spread * torch.rand(channels, generator=g)
          + offset + torch.randn(channels, generator=g) * spread)
-    p = pow2.PTFQuantizer.from_samples(x, x.min(), x.max(), 8)
+    p = ptf.PTFQuantizer.from_samples(x, x.min(), x.max(), 8)
     xq = p.fake_quantize(x)
     weight, bias = torch.rand(channels, generator=g) + 0.5, torch.randn(channels, generator=g)
     ref = F.layer_norm(xq.double(), (channels,), weight.double(), bias.double(), eps=1e-12)
@@ -280,10 +280,10 @@ def test_onnx_computes_what_the_reference_computes(r, bits, two, root, tq, seed)
     scale = (hi - lo).max().item() / 4
     params = [UniformQuantizer.from_range(lo.min(), hi.max(), bits, False),
               UniformQuantizer.from_range(lo, hi, bits, True, axis=-1),
-              pow2.PTFQuantizer.from_samples(x, lo.min(), hi.max(), 8),
+              ptf.PTFQuantizer.from_samples(x, lo.min(), hi.max(), 8),
               two_scale.TwoScaleQuantizer.make(two_bits, scale / 2 ** shift, shift, signed),
               log2.LogQuantizer.make(min(bits + 2, log2.MAX_BITS), scale, root),
-              tan.TanQuantizer.make(tq[1], scale, tq[0].theta, tq[0].crossover)]
+              tanq.TanQuantizer.make(tq[1], scale, tq[0].theta, tq[0].crossover)]
     module = _Quantizers(params).eval()
     x = x[:, None].expand(-1, len(params), -1)
     assert torch.equal(onnx_output(module, x[:2], x), module(x))

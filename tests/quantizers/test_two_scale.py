@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, RoleSpec, config, roles
+from fxquant import FxQuantError, RoleSpec, annotation, config, roles
 from fxquant.lowering.parity import onnx_output
 from fxquant.observers import search
-from fxquant.quantizers.two_scale import OutlierTwoScaleQuantizer, TwoScaleQuantizer
+from fxquant.quantizers.two_scale import (OutlierTwoScaleQuantizer, TwoScaleQuantizer,
+                                          two_scale_quant)
 from fxquant.quantizers.uniform import UniformQuantizer
 
 
@@ -111,9 +112,10 @@ def test_two_scale_recipe_quantizes_softmax_and_gelu_through_convert():
     qmodel = fxquant.convert(Block(), [torch.randn(4, 10, 8)], cfg)
     op = torch.ops.fxquant.two_scale_quant.default
     quantizers = [n for n in qmodel.graph.nodes if n.target == op]
-    assert sorted(n.meta[roles.META_KEY] for n in quantizers) == [roles.POST_GELU,
+    assert sorted(annotation.of(n).role for n in quantizers) == [roles.POST_GELU,
                                                                   roles.POST_SOFTMAX]
-    gelu_lo = [n.args[3] for n in quantizers if n.meta[roles.META_KEY] == roles.POST_GELU]
+    gelu_lo = [two_scale_quant.arguments(n).lo_small for n in quantizers
+               if annotation.of(n).role == roles.POST_GELU]
     assert gelu_lo[0] < 0   # signed small region for GELU's negative lobe
 
 

@@ -10,7 +10,7 @@ import fxquant
 from fxquant import FxQuantError, RoleSpec, config, roles
 from fxquant.lowering.parity import onnx_output
 from fxquant.observers import search
-from fxquant.quantizers.tan import TanQuantizer, level_table
+from fxquant.quantizers.tanq import TanQuantizer, level_table
 
 
 def test_worked_example_of_the_spec():

@@ -2,13 +2,13 @@ import torch
 from torch import nn
 
 from fxquant.lowering.parity import onnx_output
-from fxquant.quantizers import pow2
+from fxquant.quantizers import ptf
 
 
 def test_worked_example_of_the_spec():
     """Range [-8, 24], 8 bits, K = 3: s = 32/255/8, zp = 64; a narrow channel keeps the fine grid."""
     samples = torch.stack([torch.linspace(-0.3, 0.9, 500), torch.linspace(-8, 24, 500)], 1)
-    p = pow2.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), 8)
+    p = ptf.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), 8)
     assert torch.isclose(p.scale, torch.tensor(32 / 255 / 8)) and p.zero_point.item() == 64
     assert p.shift.tolist() == [0, 3]
 
@@ -16,11 +16,11 @@ def test_worked_example_of_the_spec():
 def test_each_channel_gets_the_factor_with_least_error():
     g = torch.Generator().manual_seed(0)
     samples = torch.randn(2000, 8, generator=g) * torch.tensor([0.05, 0.2, 0.5, 1, 2, 4, 8, 16])
-    p = pow2.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), 8)
-    errors = torch.stack([(pow2.fake_quantize(samples, p.scale * 2 ** a, p.zero_point, 0, 255)
-                           - samples).pow(2).sum(0) for a in range(pow2.K + 1)])
+    p = ptf.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), 8)
+    errors = torch.stack([(ptf.fake_quantize(samples, p.scale * 2 ** a, p.zero_point, 0, 255)
+                           - samples).pow(2).sum(0) for a in range(ptf.K + 1)])
     assert torch.equal(errors.argmin(0).int(), p.shift)
-    assert p.shift[-1] == pow2.K and p.shift[0] < pow2.K          # widest channel: layer grid
+    assert p.shift[-1] == ptf.K and p.shift[0] < ptf.K          # widest channel: layer grid
 
 
 class _PTF(nn.Module):
@@ -37,8 +37,8 @@ class _PTF(nn.Module):
 def test_onnx_parity_bit_exact_on_ties_and_clipped_values():
     g = torch.Generator().manual_seed(1)
     samples = torch.randn(500, 6, generator=g) * torch.tensor([0.1, 0.3, 1, 3, 10, 30])
-    p = pow2.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), 8)
-    scales = pow2.channel_scales(p.scale, p.shift)
+    p = ptf.PTFQuantizer.from_samples(samples, samples.min(), samples.max(), 8)
+    scales = ptf.channel_scales(p.scale, p.shift)
     ties = (torch.arange(-70, 200).float()[:, None] + 0.5) * scales      # .5 ties, beyond the range
     x = torch.cat([ties, torch.randn(2000, 6, generator=g) * 40])
     module = _PTF(p)
