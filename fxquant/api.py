@@ -10,6 +10,7 @@ from fxquant import config as config_mod
 from fxquant import pipeline
 from fxquant.calibrate import calibrate
 from fxquant.config import QuantConfig
+from fxquant.data import TransformFn, read_batches
 from fxquant.float32 import as_float32
 from fxquant.methods import METHODS  # importing the methods registers their recipes
 from fxquant.passes.annotate_roles import annotate_roles
@@ -23,15 +24,22 @@ __all__ = ["METHODS", "QuantizedModel", "convert"]
 
 def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantConfig = "minmax",
             bits: str | None = None, input_names: Sequence[str] | None = None,
-            target: str | None = None) -> QuantizedModel:
+            target: str | None = None, transform_fn: TransformFn | None = None) -> QuantizedModel:
     """Trace, calibrate and quantize `model` as recipe `config` says (bits like "w4a4"); `target`
-    ("portable", the default, or "vnni") names the CPUs the integer file must be exact on."""
+    ("portable", the default, or "vnni") names the CPUs the integer file must be exact on.
+
+    `calib_loader` is any iterable (a one-shot generator too: it is read once); `transform_fn`
+    maps one of its items to the model's inputs (a tensor, a tuple of positional inputs or a dict
+    of keyword inputs), e.g. `lambda batch: {"pixel_values": batch["pixel_values"]}` to leave a
+    Hugging Face batch's labels out. Without it an item is a tensor, (inputs, labels...) or a dict.
+    """
     start = time.perf_counter()
     cfg = config_mod.resolve(config, bits, target)
     pipeline.check(cfg)
-    model, calib_loader = as_float32(model, calib_loader)  # the result takes float32 inputs
-    example = next(iter(calib_loader), None)  # decides branches on sizes while tracing
-    gm = annotate_roles(trace(model, input_names, example), bool(cfg.options.get(config_mod.FULLY_QUANTIZED)))
+    model, calib_loader = as_float32(model, read_batches(calib_loader, transform_fn))
+    example = next(iter(calib_loader))  # decides branches on sizes while tracing
+    gm = annotate_roles(trace(model, input_names, example),
+                        bool(cfg.options.get(config_mod.FULLY_QUANTIZED)))
     insert_observers(gm, cfg)
     calibrate(gm, calib_loader)
     for name in cfg.passes:

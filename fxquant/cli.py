@@ -11,14 +11,21 @@ from fxquant import cpu, target, workload
 from fxquant.errors import FxQuantError
 
 EXPORT_CHECK_IMAGES = 8
+EXAMPLES = """examples:
+  fxquant quantize --recipe repq-vit --bits w4a4     # the bundled model at 4 bits, integer ONNX
+  fxquant recipes                                    # the recipes and the bits that suit each
+  fxquant quantize --calib-data DIR --test-data DIR  # images from folders, a sub-folder per class
+"""
 
 
 def _quantize(args: argparse.Namespace) -> dict:
     from fxquant.api import convert
     from fxquant.evaluate import top1
-    from fxquant.lowering.export import export_onnx
+    from fxquant.lowering.export import check_destination, export_onnx
     from fxquant.lowering.runtime import OnnxModule
 
+    if args.out is not None and not args.no_onnx:
+        check_destination(args.out)  # before minutes of calibration
     work = workload.from_args(args)
     recipe = args.recipe
     if args.fully_quantized:
@@ -84,6 +91,20 @@ def _report(args: argparse.Namespace) -> dict:
     return result
 
 
+def _recipes(args: argparse.Namespace) -> None:
+    """Print every recipe with what it is for and the bits that suit it (a JSON list with --json)."""
+    from fxquant.config import RECIPES
+    from fxquant.pipeline import REFINEMENTS
+    rows = [{"name": name, "summary": RECIPES[name].summary, "bits": list(RECIPES[name].suggested_bits)}
+            for name in sorted(RECIPES)]
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        print(f"{row['name']:<13} {' '.join(row['bits']):<22} {row['summary']}")
+    print(f"refinements, appended with '+' (repq-vit+recon): {', '.join(sorted(REFINEMENTS))}")
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     for key, value in result.items():
         if isinstance(value, (list, dict)):
@@ -96,7 +117,8 @@ def _print_result(result: dict, as_json: bool) -> None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; a benchmark's module (and its optional dependencies: NNCF, transformers) is
     imported only when `argv` selects that benchmark, so other commands start fast."""
-    p = argparse.ArgumentParser(prog="fxquant", description=__doc__)
+    p = argparse.ArgumentParser(prog="fxquant", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
     q = sub.add_parser("quantize", help="quantize a model, evaluate it, export ONNX")
     workload.add_arguments(q)
@@ -115,6 +137,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="list the ONNX nodes onnxruntime runs in float after the input is quantized")
     q.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     q.set_defaults(run=_quantize)
+
+    recipes = sub.add_parser("recipes", help="list the recipes, what each is for, the bits that suit it")
+    recipes.add_argument("--json", action="store_true", help="print a JSON list of {name, summary, bits}")
+    recipes.set_defaults(run=_recipes)
 
     bench = sub.add_parser("bench", help="benchmarks: accuracy and speed against the usual tools")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
@@ -145,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     except FxQuantError as e:
         print(f"fxquant: error: {e}", file=sys.stderr)
         return 2
-    _print_result(result, getattr(args, "json", False))
+    if result is not None:  # `recipes` prints its own list
+        _print_result(result, getattr(args, "json", False))
     return 0
 
 

@@ -53,6 +53,8 @@ class QuantConfig:
     # Largest relative L2 difference between onnxruntime and PyTorch on the export example that
     # export_onnx accepts (float32 kernels round differently: a code can move across a .5 tie).
     export_tolerance: float = 0.05
+    summary: str = ""               # what the recipe is for, one line (`fxquant recipes`)
+    suggested_bits: tuple[str, ...] = ()   # the bit-widths it suits, best first, e.g. ("w4a4",)
 
     def bits_for(self, spec: RoleSpec) -> int:
         slots = {"w": self.w_bits, "a": self.a_bits,
@@ -103,6 +105,9 @@ def resolve(config: str | QuantConfig, bits: str | None = None,
     """A recipe name (with `+refinement` suffixes) or a QuantConfig, with bits and target applied.
     Pass names and the passes' options are not checked here (pipeline.check does: the passes
     import the config)."""
+    if not isinstance(config, (str, QuantConfig)):
+        raise FxQuantError(f"config must be a recipe name or a QuantConfig, not {type(config).__name__}: "
+                           f"choose one of {sorted(RECIPES)}")
     if isinstance(config, QuantConfig):
         cfg = config
     else:

@@ -1,17 +1,21 @@
-"""Calibration and evaluation data: loaders over npz image arrays, and batch unpacking.
+"""Calibration and evaluation data: loaders over npz image arrays or folders of images, and batch
+unpacking.
 
 The npz layout is the one of `../shared/data/cifar10`: `x` uint8 (N, H, W, 3) RGB, `y` int64 (N,).
+A folder is an ImageFolder layout (one sub-folder per class) or a flat folder of images (no labels).
 Images are resized to the model's input size and normalized with the model's mean/std.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset, pil_loader
 
 from fxquant.errors import FxQuantError
 
@@ -29,18 +33,40 @@ def load_npz(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np
     if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
         raise FxQuantError(f"{path}: expected x of shape (N, H, W, 3) and y of shape (N,), "
                            f"got {x.shape} and {y.shape}")
-    if limit is not None:
-        if limit > len(x):
-            raise FxQuantError(f"{path} holds {len(x)} images, {limit} were asked for")
-        x, y = x[:limit], y[:limit]
-    return x, y
+    n = taken(len(x), limit, path)
+    return x[:n], y[:n]
+
+
+def taken(held: int, limit: int | None, path: Path) -> int:
+    """How many of the `held` images at `path` to use: all, or `limit` when there are that many."""
+    if limit is None:
+        return held
+    if limit > held:
+        raise FxQuantError(f"{path} holds {held} images, {limit} were asked for")
+    return limit
+
+
+def folder_images(folder: Path) -> tuple[list[str], list[int] | None]:
+    """(files, labels) of an ImageFolder layout, classes numbered in sorted name order as
+    torchvision's ImageFolder numbers them; (files, None) for a flat folder, whose labels are unknown."""
+    flat = sorted(str(p) for p in folder.iterdir()
+                  if p.is_file() and has_file_allowed_extension(p.name, IMG_EXTENSIONS))
+    if flat:
+        return flat, None
+    classes = {c: i for i, c in enumerate(sorted(p.name for p in folder.iterdir() if p.is_dir()))}
+    samples = make_dataset(folder, classes, IMG_EXTENSIONS, allow_empty=True) if classes else []
+    if not samples:
+        raise FxQuantError(f"folder {folder} holds no images ({' '.join(IMG_EXTENSIONS)}), neither "
+                           "directly nor in class sub-folders")
+    files, labels = zip(*samples)
+    return list(files), list(labels)
 
 
 def to_model_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
                    size: int | None = None) -> torch.Tensor:
     """uint8 NHWC -> normalized float NCHW, resized (bicubic) to `size` if given."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    if size is not None and x.shape[-1] != size:
+    if size is not None and x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
@@ -54,8 +80,93 @@ def image_loader(images: np.ndarray, labels: np.ndarray, mean, std, size: int | 
     return DataLoader(TensorDataset(x, torch.from_numpy(labels)), batch_size=batch_size)
 
 
+@dataclass
+class ImageFiles(Dataset):
+    """Image files decoded when read (a folder need not fit in memory), each preprocessed as the npz
+    images are; items are (image, label), or (image,) when the labels are unknown."""
+    files: list[str]
+    labels: list[int] | None
+    mean: Sequence[float]
+    std: Sequence[float]
+    size: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple:
+        try:
+            pixels = np.array(pil_loader(self.files[i]))  # RGB uint8 HWC, as in the npz
+        except OSError as e:
+            raise FxQuantError(f"cannot read image {self.files[i]}: {e}") from e
+        x = to_model_input(pixels[None], self.mean, self.std, self.size)[0]
+        return (x,) if self.labels is None else (x, self.labels[i])
+
+
+def image_data(path: str | Path, mean, std, size: int | None = None, batch_size: int = 64,
+               limit: int | None = None) -> tuple[DataLoader, bool]:
+    """Batches of the first `limit` images of an npz, an ImageFolder layout or a flat folder, and
+    whether they carry labels (a flat folder's do not)."""
+    path = Path(path)
+    if not path.is_dir():
+        x, y = load_npz(path, limit)
+        return image_loader(x, y, mean, std, size, batch_size), True
+    files, labels = folder_images(path)
+    n = taken(len(files), limit, path)
+    dataset = ImageFiles(files[:n], None if labels is None else labels[:n], mean, std, size)
+    return DataLoader(dataset, batch_size=batch_size), labels is not None
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """One batch as the model's positional and keyword inputs: what `transform_fn` makes of a
+    loader item (NNCF's meaning), or the default reading of one (`batch_inputs`)."""
+    args: tuple
+    kwargs: Mapping[str, Any]
+
+
+TransformFn = Callable[[Any], Any]
+
+
+def model_inputs(item: Any, transform_fn: TransformFn | None = None) -> ModelInputs:
+    """A loader item as model inputs: `transform_fn(item)` (a tensor, a tuple of positional
+    inputs or a dict of keyword inputs) or, without one, the loader conventions of batch_inputs."""
+    if transform_fn is None:
+        return ModelInputs(*batch_inputs(item))
+    out = transform_fn(item)
+    if isinstance(out, torch.Tensor):
+        return ModelInputs((out,), {})
+    if isinstance(out, (tuple, list)):
+        return ModelInputs(tuple(out), {})
+    if isinstance(out, Mapping):
+        return ModelInputs((), dict(out))
+    raise FxQuantError(f"transform_fn must return a tensor, a tuple of positional inputs or a dict "
+                       f"of keyword inputs, not {type(out).__name__}")
+
+
+def read_batches(loader: Iterable, transform_fn: TransformFn | None = None,
+                 what: str = "calibration") -> list[ModelInputs]:
+    """Every item of `loader` as model inputs, read exactly once: any iterable works, one-shot
+    generators included, and the passes that read the calibration set again see the same batches."""
+    batches = [model_inputs(item, transform_fn) for item in loader]
+    if not batches:
+        raise FxQuantError(f"the {what} loader is empty: give it at least one batch")
+    return batches
+
+
+def first_sample(batch: Any) -> ModelInputs:
+    """The first sample of a batch (every tensor input cut to its first row), as model inputs."""
+    args, kwargs = batch_inputs(batch)
+
+    def first(value):
+        return value[:1] if isinstance(value, torch.Tensor) else value
+    return ModelInputs(tuple(map(first, args)), {k: first(v) for k, v in kwargs.items()})
+
+
 def batch_inputs(batch: Any) -> tuple[tuple, dict]:
-    """A loader item as (args, kwargs) for the model: tensor, (tensor, label...) or dict."""
+    """A loader item as (args, kwargs) for the model: ModelInputs, a tensor, (tensor, label...) or
+    a dict."""
+    if isinstance(batch, ModelInputs):
+        return tuple(batch.args), dict(batch.kwargs)
     if isinstance(batch, torch.Tensor):
         return (batch,), {}
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):

@@ -11,6 +11,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from fxquant.data import ModelInputs
+
 
 def floating_dtypes(model: nn.Module) -> set[torch.dtype]:
     """The dtypes of the model's floating-point parameters and buffers."""
@@ -26,7 +28,10 @@ def as_float32(model: nn.Module, calib_loader: Iterable) -> tuple[nn.Module, Ite
 
 
 def to_float32(batch: Any) -> Any:
-    """A loader item (tensor, tuple / list, dict) with its floating tensors cast to float32."""
+    """A loader item (tensor, tuple / list, dict, ModelInputs) with its floating tensors cast to
+    float32."""
+    if isinstance(batch, ModelInputs):
+        return ModelInputs(to_float32(tuple(batch.args)), to_float32(dict(batch.kwargs)))
     if isinstance(batch, torch.Tensor):
         return batch.float() if batch.is_floating_point() else batch
     if isinstance(batch, (tuple, list)):

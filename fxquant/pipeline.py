@@ -1,5 +1,5 @@
 """The passes a recipe may name, by name, and the check that a recipe names only passes,
-quantizers and options that exist (with allowed values).
+quantizers, observer methods and options that exist (with allowed values).
 
 It sits above the passes (they import the config) so the config can stay plain data: a name is
 checked here, before convert spends any time. Every pass has the signature
@@ -19,6 +19,7 @@ from fxquant.passes.integer_softmax import integer_softmax
 from fxquant.passes.reconstruct import ReconOptions, reconstruct
 from fxquant.passes.reparameterize_layernorm import FoldOptions, reparameterize_layernorm
 from fxquant.passes.split_two_scale import split_two_scale
+from fxquant.quantizers.uniform import OBSERVER_METHODS
 
 # Run between calibration and quantization (observers hold their statistics).
 PRE_QUANTIZE: dict[str, Callable] = {
@@ -60,13 +61,16 @@ def check_options(options: Mapping[str, object]) -> None:
 
 
 def check(config: QuantConfig) -> None:
-    """Refuse a recipe naming a pass, quantizer or option that does not exist, or an option value
-    that is not allowed, before any work is done."""
+    """Refuse a recipe naming a pass, quantizer, observer method or option that does not exist, or
+    an option value that is not allowed, before any work is done."""
     for name in config.passes:
         get(name, PRE_QUANTIZE)
     unknown = [r for r in config.refine if r not in REFINEMENTS]
     if unknown:
         raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)}")
-    for spec in config.roles.values():
+    for role, spec in config.roles.items():
         quantizers.get(spec.quantizer)
+        if spec.observer not in OBSERVER_METHODS:
+            raise FxQuantError(f"unknown observer method {spec.observer!r} for role {role}: use one "
+                               f"of {', '.join(OBSERVER_METHODS)}")
     check_options(config.options)

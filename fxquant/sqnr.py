@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from fxquant import annotation, config, roles
 from fxquant.calibrate import model_device
-from fxquant.data import batch_inputs
+from fxquant.data import TransformFn, batch_inputs, model_inputs
 from fxquant.errors import FxQuantError
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
 from fxquant.quantized_model import QuantizedModel
@@ -101,8 +101,10 @@ class Report:
 
 
 @torch.no_grad()
-def report(qmodel, loader: Iterable, max_batches: int | None = None) -> Report:
-    """Per-tensor SQNR of a QuantizedModel (fxquant.convert) over the batches of `loader`."""
+def report(qmodel, loader: Iterable, max_batches: int | None = None,
+           transform_fn: TransformFn | None = None) -> Report:
+    """Per-tensor SQNR of a QuantizedModel (fxquant.convert) over the batches of `loader`, each
+    mapped to the model's inputs by `transform_fn` as in `convert`."""
     if not isinstance(qmodel, QuantizedModel):
         raise FxQuantError(f"report needs a QuantizedModel from fxquant.convert, "
                            f"got {type(qmodel).__name__}")
@@ -131,7 +133,7 @@ def report(qmodel, loader: Iterable, max_batches: int | None = None) -> Report:
     for index, batch in enumerate(tqdm(loader, desc="report", leave=False)):
         if max_batches is not None and index >= max_batches:
             break
-        args, kwargs = batch_inputs(batch)
+        args, kwargs = batch_inputs(model_inputs(batch, transform_fn))
         if kwargs:
             raise FxQuantError("report feeds positional inputs only: give (tensor, label) batches")
         args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]

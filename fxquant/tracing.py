@@ -51,9 +51,16 @@ def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
 
 
 def _input_names(model: nn.Module, input_names: Sequence[str] | None, example) -> list[str]:
-    """The given names, else the keys of a dict example, else the first forward parameter."""
+    """The given names, else the example's (the first forward parameters for its positional
+    inputs, then its keywords), else the first forward parameter."""
     params = _forward_params(model)
-    names = list(input_names or (example if isinstance(example, dict) else [params[0].name]))
+    if input_names:
+        names = list(input_names)
+    elif example is not None:
+        args, kwargs = batch_inputs(example)
+        names = [p.name for p in params[:len(args)]] + list(kwargs)
+    else:
+        names = [params[0].name]
     unknown = set(names) - {p.name for p in params}
     if unknown:
         raise TraceError(f"{type(model).__name__}.forward has no parameter(s) {sorted(unknown)}")

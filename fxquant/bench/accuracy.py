@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
         result["fp32_onnx_top1"] = top1(OnnxModule(fp32), work.test, "fp32 (onnxruntime)")
         result["results"] = [_recipe_row(work, r, b, tmp, example, not args.no_onnx, args.target)
                              for r in recipes for b in args.bits]
-        inputs = PeerInputs(work.loaded.model, fp32, [x for x, _ in work.calib], tmp)
+        inputs = PeerInputs(work.loaded.model, fp32, [batch[0] for batch in work.calib], tmp)
         result["peers"] = [_peer_row(p, inputs, work) for p in peers]
     return result
 

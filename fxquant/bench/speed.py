@@ -47,7 +47,7 @@ def _export_all(work: workload.Workload, example, tmp: Path) -> dict[str, Path]:
     for key, (bits, target) in FXQUANT.items():
         qmodel = convert(model, work.calib, RECIPE, bits, target=target)
         paths[key] = export_onnx(qmodel, tmp / f"{key}.onnx", example)
-    inputs = PeerInputs(model, paths["fp32"], [images for images, _ in work.calib], tmp)
+    inputs = PeerInputs(model, paths["fp32"], [batch[0] for batch in work.calib], tmp)
     for key, name in ORT_PEERS.items():
         peer = next(p for p in PEERS if p.name == name and p.bits == "w8a8")
         paths[key] = peer.build(inputs).path

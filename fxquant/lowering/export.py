@@ -16,9 +16,11 @@ from typing import Mapping
 import onnx
 import onnx_ir as ir
 import torch
+from tqdm import tqdm
 
 from fxquant import cpu, target
 from fxquant.calibrate import run_batch
+from fxquant.data import ModelInputs, TransformFn, model_inputs
 from fxquant.errors import FxQuantError
 from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
@@ -30,6 +32,9 @@ OPSET = 21  # int4 initializers and block-wise DequantizeLinear
 
 
 def example_inputs(example) -> tuple[tuple, dict]:
+    """(args, kwargs) of an example: ModelInputs, a tensor, a tuple of positional inputs or a dict."""
+    if isinstance(example, ModelInputs):
+        return tuple(example.args), dict(example.kwargs)
     if isinstance(example, torch.Tensor):
         return (example,), {}
     if isinstance(example, dict):
@@ -50,11 +55,23 @@ def dynamic_batch(args: tuple, kwargs: dict, axes: Mapping[int, str] = BATCH_AXI
     return {k: dict(spec) for k in kwargs} if kwargs else tuple(dict(spec) for _ in args)
 
 
-def _check_destination(path: Path) -> None:
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_destination(path: str | Path) -> Path:
+    """`path` as a file export_onnx can write (the CLI checks it before calibrating)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FxQuantError(f"cannot write {path}: it is a directory, give a file name")
     if not path.parent.is_dir():
         raise FxQuantError(f"cannot write {path}: directory {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise FxQuantError(f"cannot write {path}: directory {path.parent} is not writable")
+    return path
 
 
 def _unwrap_fxquant_error(error: BaseException) -> FxQuantError | None:
@@ -96,6 +113,32 @@ def _tensors(output) -> list[torch.Tensor]:
     return []
 
 
+def output_names(output) -> list[str] | None:
+    """The model's own names for its output tensors, in the exporter's order: a dict's (a Hugging
+    Face ModelOutput's) keys, output_<i> in a tuple, "output" for one tensor; None when nested."""
+    if isinstance(output, torch.Tensor):
+        return ["output"]
+    if isinstance(output, dict) and all(isinstance(v, torch.Tensor) for v in output.values()):
+        return [str(k) for k in output]
+    if isinstance(output, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in output):
+        return [f"output_{i}" for i in range(len(output))]
+    return None
+
+
+def _name_outputs(model: ir.Model, reference) -> None:
+    """Rename the graph outputs after the model's outputs (the exporter writes e.g. `linear_48`)."""
+    names = output_names(reference)
+    taken = {v.name for node in model.graph.all_nodes() for v in (*node.inputs, *node.outputs) if v}
+    taken |= {v.name for v in model.graph.inputs}
+    outputs = list(model.graph.outputs)
+    if names is None or len(names) != len(outputs) or len(set(names)) != len(names):
+        return
+    if taken & (set(names) - {v.name for v in outputs}):
+        return   # a name already used inside the graph
+    for value, name in zip(outputs, names):
+        value.name = name
+
+
 def relative_error(reference, other) -> float:
     """||other - reference|| / ||reference|| over the output tensors both hold, in order
     (OnnxModule returns the file's first output)."""
@@ -127,20 +170,27 @@ def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance
 
 
 def export_onnx(qmodel, path: str | Path, example_input,
-                dynamic_axes: Mapping[int, str] = BATCH_AXIS, verify: bool = True) -> Path:
+                dynamic_axes: Mapping[int, str] = BATCH_AXIS, verify: bool = True,
+                transform_fn: TransformFn | None = None) -> Path:
     """Write `qmodel` as integer ONNX at `path`; on any failure nothing is left there.
     `dynamic_axes` (axis -> name, on every input) are left free in the file. With `verify` the
-    file must be exact on its target CPUs and agree with the PyTorch numerics on the example."""
+    file must be exact on its target CPUs and agree with the PyTorch numerics on the example.
+    `example_input` is the model's inputs (a tensor, a tuple of positional inputs, a dict), or a
+    loader item mapped to them by `transform_fn` as in `convert`. The file gets the permissions
+    of any new file (the user's umask)."""
     if not isinstance(qmodel, QuantizedModel):
         raise FxQuantError(f"export_onnx needs a calibrated QuantizedModel from fxquant.convert, "
                            f"got {type(qmodel).__name__}")
-    path = Path(path)
-    _check_destination(path)
+    path = check_destination(path)
+    example = (model_inputs(example_input, transform_fn) if transform_fn is not None
+               else ModelInputs(*example_inputs(example_input)))
+    progress = tqdm(total=4, desc=f"exporting {path.name}", leave=False)
     with torch.no_grad():
-        reference = run_batch(qmodel, example_input if not isinstance(example_input, tuple)
-                              else list(example_input), 0, what="export example")
-    model = to_onnx_ir(qmodel, example_input, dynamic_axes)
+        reference = run_batch(qmodel, example, 0, what="export example")
+    model = to_onnx_ir(qmodel, example, dynamic_axes)
+    _name_outputs(model, reference)
     model.metadata_props[TARGET_KEY] = qmodel.config.target
+    progress.update()
     if verify:
         _check_target(model, qmodel.config)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
@@ -148,11 +198,16 @@ def export_onnx(qmodel, path: str | Path, example_input,
     try:
         ir.save(model, tmp)
         onnx.checker.check_model(tmp, full_check=True)
+        progress.update()
         onnx_module = OnnxModule(tmp, warn=False)  # the file loads in onnxruntime
         if verify:
-            _check_numerics(onnx_module, example_input, reference, qmodel.config.export_tolerance)
+            _check_numerics(onnx_module, example, reference, qmodel.config.export_tolerance)
+        progress.update()
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp made it private
         os.replace(tmp, path)
+        progress.update()
     finally:
+        progress.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     return path

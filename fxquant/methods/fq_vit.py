@@ -40,6 +40,8 @@ from fxquant.methods import minmax
 
 FQ_VIT = register_recipe(QuantConfig(
     name="fq-vit", attn_bits=4, options={FULLY_QUANTIZED: True},
+    suggested_bits=("w8a8attn4", "w8a8", "w6a6"),
+    summary="fully quantized (integer LayerNorm and Softmax, PTF, LIS attention) at 8 or 6 bits",
     roles={**minmax.ROLES,
            roles.PRE_LAYERNORM: RoleSpec(quantizer="ptf", per_channel=True),
            roles.PRE_SOFTMAX: minmax.ACTIVATION, roles.PRE_GELU: minmax.ACTIVATION,

@@ -49,7 +49,11 @@ ROLES = {
     roles.POST_SOFTMAX: RoleSpec(quantizer="logsqrt2_or_uniform", observer="mse", bits="attn"),
 }
 
-REPQ_VIT = register_recipe(QuantConfig(name="repq-vit", roles=ROLES, passes=("reparameterize_layernorm",)))
-REPQ_VIT_SYM = register_recipe(replace(REPQ_VIT, name="repq-vit-sym", roles={
-    **ROLES, roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, symmetric=True, bits="w")}))
+REPQ_VIT = register_recipe(QuantConfig(
+    name="repq-vit", roles=ROLES, passes=("reparameterize_layernorm",), suggested_bits=("w4a4", "w6a6"),
+    summary="the one to use at 4 bits, in seconds: percentile-MSE grids, LayerNorm fold, log√2 attention"))
+REPQ_VIT_SYM = register_recipe(replace(
+    REPQ_VIT, name="repq-vit-sym", summary="repq-vit with zero-point-0 weights, what onnxruntime's "
+                                           "integer kernels prefer (-0.2 pp at 4 bits)",
+    roles={**ROLES, roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, symmetric=True, bits="w")}))
 RECIPES = (REPQ_VIT, REPQ_VIT_SYM)

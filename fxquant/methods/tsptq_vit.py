@@ -35,7 +35,8 @@ from fxquant.config import FULLY_QUANTIZED, QuantConfig, RoleSpec, register_reci
 from fxquant.methods import minmax
 
 TSPTQ_VIT = register_recipe(QuantConfig(
-    name="tsptq-vit", options={FULLY_QUANTIZED: True},
+    name="tsptq-vit", options={FULLY_QUANTIZED: True}, suggested_bits=("w8a8", "w6a6"),
+    summary="fully quantized with two-scale quantizers (V-2SF, O-2SF) at 8 or 6 bits (-14 pp at 4)",
     roles={**minmax.ROLES,
            roles.PRE_LAYERNORM: RoleSpec(quantizer="o2sf", per_channel=True),
            roles.PRE_SOFTMAX: minmax.ACTIVATION, roles.PRE_GELU: minmax.ACTIVATION,

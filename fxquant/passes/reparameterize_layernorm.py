@@ -30,7 +30,7 @@ from torch import nn
 from fxquant import annotation, patterns, roles
 from fxquant.calibrate import run_batch
 from fxquant.config import QuantConfig
-from fxquant.data import batch_inputs
+from fxquant.data import first_sample
 from fxquant.errors import FxQuantError
 from fxquant.options import Options, one_of, option
 from fxquant.passes.contract import calibrated, graph_pass
@@ -91,10 +91,8 @@ def _check_channels_last(gm: fx.GraphModule, folds: dict, calib_loader: Iterable
     originals = {target: gm.get_submodule(target) for target in swaps}
     for target, module in swaps.items():
         gm.set_submodule(target, module)
-    args, kwargs = batch_inputs(next(iter(calib_loader)))
     try:
-        run_batch(gm, {k: v[:1] for k, v in kwargs.items()} if kwargs else args[0][:1], 0,
-                  "layout probe")
+        run_batch(gm, first_sample(next(iter(calib_loader))), 0, "layout probe")
     finally:
         for target, module in originals.items():
             gm.set_submodule(target, module)

@@ -25,6 +25,7 @@ from fxquant.quantizers.custom_op import quant_op
 
 MIN_SCALE = 1e-8
 PERCENTILE = 0.9999   # the `percentile` observer's clipping range
+OBSERVER_METHODS = ("minmax", "percentile", "mse")   # what RoleSpec.observer may name
 
 
 def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
@@ -131,7 +132,7 @@ class UniformQuantizer(Quantizer):
             scale, zero_point = (torch.take_along_dim(torch.stack(values), index, 0).squeeze(0)
                                  for values in zip(*(c.tensors().values() for c in candidates)))
             return cls(scale, zero_point, candidates[0].qmin, candidates[0].qmax, axis)
-        raise FxQuantError(f"unknown observer method {method!r}: use minmax, percentile or mse")
+        raise FxQuantError(f"unknown observer method {method!r}: use one of {', '.join(OBSERVER_METHODS)}")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"scale": self.scale, "zero_point": self.zero_point}

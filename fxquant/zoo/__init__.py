@@ -40,11 +40,37 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     if missing:
         raise FxQuantError(f"checkpoint {path} lacks {sorted(missing)}: fxquant expects a dict with "
                            "arch, kwargs (for timm.create_model), mean, std and state_dict")
-    model = timm.create_model(ckpt["arch"], pretrained=False, **ckpt["kwargs"])
+    try:
+        model = timm.create_model(ckpt["arch"], pretrained=False, **ckpt["kwargs"])
+    except (RuntimeError, TypeError) as e:
+        raise FxQuantError(f"checkpoint {path}: timm cannot build {ckpt['arch']!r} with kwargs "
+                           f"{ckpt['kwargs']}: {e}") from e
+    mismatch = state_dict_mismatch(model.state_dict(), ckpt["state_dict"])
+    if mismatch:
+        raise FxQuantError(f"checkpoint {path} does not fit {ckpt['arch']} {ckpt['kwargs']}: {mismatch}")
     model.load_state_dict(ckpt["state_dict"])
     cfg = model.pretrained_cfg
     return LoadedModel(model.eval(), path.stem, tuple(ckpt.get("mean", cfg["mean"])),
-                       tuple(ckpt.get("std", cfg["std"])), model.patch_embed.img_size[0])
+                       tuple(ckpt.get("std", cfg["std"])), input_size(model))
+
+
+def state_dict_mismatch(expected: dict, given: dict) -> str | None:
+    """The first key, in the model's order, where a checkpoint's state_dict does not fit the model's
+    (torch's own error lists every key over many lines)."""
+    for key, value in expected.items():
+        if key not in given:
+            return f"{key} is missing"
+        if tuple(given[key].shape) != tuple(value.shape):
+            return f"{key} has shape {tuple(given[key].shape)}, the model's is {tuple(value.shape)}"
+    extra = [key for key in given if key not in expected]
+    return f"{extra[0]} is not in the model" if extra else None
+
+
+def input_size(model: torch.nn.Module) -> int:
+    """The image side `model` takes: a ViT's patch embedding knows it (checkpoint kwargs may set
+    it), other timm models (a ResNet) name it in their pretrained_cfg."""
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    return img_size[0] if img_size else model.pretrained_cfg["input_size"][-1]
 
 
 def load_timm(name: str, random_weights: bool) -> LoadedModel:
@@ -58,7 +84,7 @@ def load_timm(name: str, random_weights: bool) -> LoadedModel:
                            "add --random-weights to measure structure and speed only")
     model = timm.create_model(name, pretrained=False).eval()
     cfg = model.pretrained_cfg
-    return LoadedModel(model, name, tuple(cfg["mean"]), tuple(cfg["std"]), cfg["input_size"][-1])
+    return LoadedModel(model, name, tuple(cfg["mean"]), tuple(cfg["std"]), input_size(model))
 
 
 def load_model(spec: str = REFERENCE_NAME, random_weights: bool = False) -> LoadedModel:
