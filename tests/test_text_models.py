@@ -123,3 +123,18 @@ def test_block_reconstruction_runs_on_a_bert_whose_inputs_are_keywords():
         out = qmodel(**calib[0])["last_hidden_state"]
         ref = model(**calib[0]).last_hidden_state
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_default_export_keeps_batch_and_sequence_free_from_a_one_sentence_example(tmp_path):
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=LAYERS,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64)
+    model = transformers.BertModel(config).eval()
+    qmodel = convert(model, [_batch(4, 8) for _ in range(2)], "minmax", "w8a8", input_names=INPUTS)
+    path = export_onnx(qmodel, tmp_path / "bert.onnx", _batch(1, 8, padded=False))  # defaults
+    session = OnnxModule(path)
+    assert [o.name for o in onnx.load(path).graph.output] == ["last_hidden_state", "pooler_output"]
+    for batch in [_batch(3, 5), _batch(2, 40)]:
+        with torch.no_grad():
+            out = qmodel(**batch)["last_hidden_state"]
+        torch.testing.assert_close(session(**batch), out, rtol=0, atol=1e-3)

@@ -45,6 +45,23 @@ def example_inputs(example) -> tuple[tuple, dict]:
 
 
 BATCH_AXIS = {0: "batch"}
+TOKEN_AXES = {0: "batch", 1: "sequence"}
+
+
+def default_axes(example: ModelInputs) -> Mapping[int, str]:
+    """The batch axis free, and the sequence axis too when every input is token ids or masks
+    (integer tensors of rank 2 and more), so a text encoder's file runs at any length."""
+    tensors = [t for t in (*example.args, *example.kwargs.values()) if isinstance(t, torch.Tensor)]
+    tokens = tensors and all(not t.is_floating_point() and t.ndim >= 2 for t in tensors)
+    return TOKEN_AXES if tokens else BATCH_AXIS
+
+
+def _batch_of_two(example: ModelInputs) -> ModelInputs:
+    """The example with one-sample inputs repeated to two: torch.export fixes an axis of size 1."""
+    def two(value):
+        one = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 1
+        return torch.cat([value, value]) if one else value
+    return ModelInputs(tuple(map(two, example.args)), {k: two(v) for k, v in example.kwargs.items()})
 
 
 def dynamic_batch(args: tuple, kwargs: dict, axes: Mapping[int, str] = BATCH_AXIS):
@@ -170,10 +187,12 @@ def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance
 
 
 def export_onnx(qmodel, path: str | Path, example_input,
-                dynamic_axes: Mapping[int, str] = BATCH_AXIS, verify: bool = True,
+                dynamic_axes: Mapping[int, str] | None = None, verify: bool = True,
                 transform_fn: TransformFn | None = None) -> Path:
     """Write `qmodel` as integer ONNX at `path`; on any failure nothing is left there.
-    `dynamic_axes` (axis -> name, on every input) are left free in the file. With `verify` the
+    `dynamic_axes` (axis -> name, on every input) are left free in the file: by default the batch
+    axis, and the sequence axis of token inputs (`default_axes`), whatever the example's sizes.
+    With `verify` the
     file must be exact on its target CPUs and agree with the PyTorch numerics on the example.
     `example_input` is the model's inputs (a tensor, a tuple of positional inputs, a dict), or a
     loader item mapped to them by `transform_fn` as in `convert`. The file gets the permissions
@@ -187,7 +206,8 @@ def export_onnx(qmodel, path: str | Path, example_input,
     progress = tqdm(total=4, desc=f"exporting {path.name}", leave=False)
     with torch.no_grad():
         reference = run_batch(qmodel, example, 0, what="export example")
-    model = to_onnx_ir(qmodel, example, dynamic_axes)
+    axes = default_axes(example) if dynamic_axes is None else dynamic_axes
+    model = to_onnx_ir(qmodel, _batch_of_two(example), axes)
     _name_outputs(model, reference)
     model.metadata_props[TARGET_KEY] = qmodel.config.target
     progress.update()

@@ -145,3 +145,10 @@ def test_the_export_agrees_within_its_tolerance_on_other_inputs(exported):
     x = torch.randn(8, 3, 32, 32)
     error = export.relative_error(qmodel(x), OnnxModule(path)(x))
     assert error <= qmodel.config.export_tolerance
+
+
+def test_a_one_image_example_leaves_the_batch_axis_free(exported, tmp_path):
+    _, qmodel, _ = exported
+    path = fxquant.export_onnx(qmodel, tmp_path / "one.onnx", torch.randn(1, 3, 32, 32))
+    x = torch.randn(3, 3, 32, 32)
+    assert OnnxModule(path)(x).shape == (3, 10)
