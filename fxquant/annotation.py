@@ -44,6 +44,11 @@ def update(node: fx.Node, **fields) -> Annotation:
     return node.meta[KEY]
 
 
+def observer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The observer nodes of the graph, in graph order."""
+    return [n for n in gm.graph.nodes if of(n).observes is not None]
+
+
 def copy(source: fx.Node, node: fx.Node) -> None:
     """Give `node` the annotation of `source` (a rewrite's replacement of it)."""
     node.meta[KEY] = of(source)

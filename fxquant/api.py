@@ -6,10 +6,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from fxquant import config as config_mod
 from fxquant import pipeline
 from fxquant.calibrate import calibrate
-from fxquant.config import QuantConfig
+from fxquant.config import PipelineOptions, QuantConfig, resolve
 from fxquant.data import TransformFn, read_batches
 from fxquant.float32 import as_float32
 from fxquant.methods import METHODS  # importing the methods registers their recipes
@@ -34,12 +33,12 @@ def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantC
     Hugging Face batch's labels out. Without it an item is a tensor, (inputs, labels...) or a dict.
     """
     start = time.perf_counter()
-    cfg = config_mod.resolve(config, bits, target)
+    cfg = resolve(config, bits, target)
     pipeline.check(cfg)
     model, calib_loader = as_float32(model, read_batches(calib_loader, transform_fn))
     example = next(iter(calib_loader))  # decides branches on sizes while tracing
-    gm = annotate_roles(trace(model, input_names, example),
-                        bool(cfg.options.get(config_mod.FULLY_QUANTIZED)))
+    fully_quantized = PipelineOptions.from_options(cfg.options).fully_quantized
+    gm = annotate_roles(trace(model, input_names, example), fully_quantized)
     insert_observers(gm, cfg)
     calibrate(gm, calib_loader)
     for name in cfg.passes:
@@ -47,6 +46,6 @@ def convert(model: torch.nn.Module, calib_loader: Iterable, config: str | QuantC
     quantize(gm, cfg)
     for name in cfg.refine:
         gm = pipeline.get(name, pipeline.REFINEMENTS)(gm, cfg, calib_loader)
-    for integer_pass in pipeline.INTEGER.values() if cfg.options.get(config_mod.FULLY_QUANTIZED) else ():
+    for integer_pass in pipeline.INTEGER.values() if fully_quantized else ():
         gm = integer_pass(gm, cfg, calib_loader)
     return QuantizedModel(gm, cfg, time.perf_counter() - start)

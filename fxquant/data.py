@@ -123,24 +123,40 @@ class ModelInputs:
     args: tuple
     kwargs: Mapping[str, Any]
 
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ModelInputs:
+        """The same inputs with `fn` applied to each tensor among them."""
+        def apply(value):
+            return fn(value) if isinstance(value, torch.Tensor) else value
+        return ModelInputs(tuple(map(apply, self.args)), {k: apply(v) for k, v in self.kwargs.items()})
+
+    def tensors(self) -> list[torch.Tensor]:
+        return input_tensors(tuple(self.args), dict(self.kwargs))
+
 
 TransformFn = Callable[[Any], Any]
 
 
+def as_model_inputs(value: Any, what: str) -> ModelInputs:
+    """Inputs given as the model takes them: a tensor, a tuple of positional inputs or a dict of
+    keyword inputs (`what` names the value in the error)."""
+    if isinstance(value, ModelInputs):
+        return value
+    if isinstance(value, torch.Tensor):
+        return ModelInputs((value,), {})
+    if isinstance(value, (tuple, list)):
+        return ModelInputs(tuple(value), {})
+    if isinstance(value, Mapping):
+        return ModelInputs((), dict(value))
+    raise FxQuantError(f"{what} must be a tensor, a tuple of positional inputs or a dict of keyword "
+                       f"inputs, not {type(value).__name__}")
+
+
 def model_inputs(item: Any, transform_fn: TransformFn | None = None) -> ModelInputs:
-    """A loader item as model inputs: `transform_fn(item)` (a tensor, a tuple of positional
-    inputs or a dict of keyword inputs) or, without one, the loader conventions of batch_inputs."""
+    """A loader item as model inputs: what `transform_fn(item)` returns or, without one, the
+    loader conventions of batch_inputs."""
     if transform_fn is None:
         return ModelInputs(*batch_inputs(item))
-    out = transform_fn(item)
-    if isinstance(out, torch.Tensor):
-        return ModelInputs((out,), {})
-    if isinstance(out, (tuple, list)):
-        return ModelInputs(tuple(out), {})
-    if isinstance(out, Mapping):
-        return ModelInputs((), dict(out))
-    raise FxQuantError(f"transform_fn must return a tensor, a tuple of positional inputs or a dict "
-                       f"of keyword inputs, not {type(out).__name__}")
+    return as_model_inputs(transform_fn(item), "transform_fn's result")
 
 
 def read_batches(loader: Iterable, transform_fn: TransformFn | None = None,
@@ -155,11 +171,7 @@ def read_batches(loader: Iterable, transform_fn: TransformFn | None = None,
 
 def first_sample(batch: Any) -> ModelInputs:
     """The first sample of a batch (every tensor input cut to its first row), as model inputs."""
-    args, kwargs = batch_inputs(batch)
-
-    def first(value):
-        return value[:1] if isinstance(value, torch.Tensor) else value
-    return ModelInputs(tuple(map(first, args)), {k: first(v) for k, v in kwargs.items()})
+    return ModelInputs(*batch_inputs(batch)).map_tensors(lambda t: t[:1])
 
 
 def batch_inputs(batch: Any) -> tuple[tuple, dict]:

@@ -20,7 +20,7 @@ from fxquant.calibrate import calibrate
 from fxquant.config import RECIPES, RoleSpec
 from fxquant.observers.observer import Observer
 from fxquant.passes.annotate_roles import annotate_roles
-from fxquant.passes.insert_observers import insert_observers, observer_nodes
+from fxquant.passes.insert_observers import insert_observers
 from fxquant.tracing import trace
 
 ROLES = (roles.POST_SOFTMAX, roles.POST_GELU)
@@ -42,8 +42,8 @@ def role_observers(model: torch.nn.Module, loader) -> list[tuple[str, Observer]]
     gm = annotate_roles(trace(model))
     insert_observers(gm, RECIPES["minmax"])
     calibrate(gm, loader)
-    return [(annotation.of(n).observes.name, gm.get_submodule(n.target)) for n in observer_nodes(gm)
-            if annotation.of(n).role in ROLES]
+    return [(annotation.of(n).observes.name, gm.get_submodule(n.target))
+            for n in annotation.observer_nodes(gm) if annotation.of(n).role in ROLES]
 
 
 def _errors(params, x: torch.Tensor) -> dict:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from fxquant import cpu, target
 from fxquant.calibrate import run_batch
-from fxquant.data import ModelInputs, TransformFn, model_inputs
+from fxquant.data import ModelInputs, TransformFn, as_model_inputs, model_inputs
 from fxquant.errors import FxQuantError
 from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
@@ -32,16 +32,9 @@ OPSET = 21  # int4 initializers and block-wise DequantizeLinear
 
 
 def example_inputs(example) -> tuple[tuple, dict]:
-    """(args, kwargs) of an example: ModelInputs, a tensor, a tuple of positional inputs or a dict."""
-    if isinstance(example, ModelInputs):
-        return tuple(example.args), dict(example.kwargs)
-    if isinstance(example, torch.Tensor):
-        return (example,), {}
-    if isinstance(example, dict):
-        return (), dict(example)
-    if isinstance(example, (tuple, list)):
-        return tuple(example), {}
-    raise FxQuantError(f"example_input must be a tensor, a tuple or a dict, not {type(example).__name__}")
+    """(args, kwargs) of an example: a tensor, a tuple of positional inputs or a dict."""
+    inputs = as_model_inputs(example, "example_input")
+    return tuple(inputs.args), dict(inputs.kwargs)
 
 
 BATCH_AXIS = {0: "batch"}
@@ -51,17 +44,14 @@ TOKEN_AXES = {0: "batch", 1: "sequence"}
 def default_axes(example: ModelInputs) -> Mapping[int, str]:
     """The batch axis free, and the sequence axis too when every input is token ids or masks
     (integer tensors of rank 2 and more), so a text encoder's file runs at any length."""
-    tensors = [t for t in (*example.args, *example.kwargs.values()) if isinstance(t, torch.Tensor)]
+    tensors = example.tensors()
     tokens = tensors and all(not t.is_floating_point() and t.ndim >= 2 for t in tensors)
     return TOKEN_AXES if tokens else BATCH_AXIS
 
 
 def _batch_of_two(example: ModelInputs) -> ModelInputs:
     """The example with one-sample inputs repeated to two: torch.export fixes an axis of size 1."""
-    def two(value):
-        one = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 1
-        return torch.cat([value, value]) if one else value
-    return ModelInputs(tuple(map(two, example.args)), {k: two(v) for k, v in example.kwargs.items()})
+    return example.map_tensors(lambda t: torch.cat([t, t]) if t.ndim > 0 and t.shape[0] == 1 else t)
 
 
 def dynamic_batch(args: tuple, kwargs: dict, axes: Mapping[int, str] = BATCH_AXIS):
@@ -202,7 +192,7 @@ def export_onnx(qmodel, path: str | Path, example_input,
                            f"got {type(qmodel).__name__}")
     path = check_destination(path)
     example = (model_inputs(example_input, transform_fn) if transform_fn is not None
-               else ModelInputs(*example_inputs(example_input)))
+               else as_model_inputs(example_input, "example_input"))
     progress = tqdm(total=4, desc=f"exporting {path.name}", leave=False)
     with torch.no_grad():
         reference = run_batch(qmodel, example, 0, what="export example")

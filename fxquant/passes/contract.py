@@ -23,25 +23,22 @@ def roles_annotated(gm: fx.GraphModule) -> str | None:
     return None
 
 
-def _observers(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if annotation.of(n).observes is not None]
-
-
 def observed(gm: fx.GraphModule) -> str | None:
-    if not _observers(gm):
+    if not annotation.observer_nodes(gm):
         return "the graph has no observers: run insert_observers first"
     return None
 
 
 def calibrated(gm: fx.GraphModule) -> str | None:
-    idle = [n.name for n in _observers(gm) if gm.get_submodule(n.target).min is None]
-    if not _observers(gm) or idle:
+    observers = annotation.observer_nodes(gm)
+    idle = [n.name for n in observers if gm.get_submodule(n.target).min is None]
+    if not observers or idle:
         return f"observers saw no data ({', '.join(idle) or 'none inserted'}): calibrate first"
     return None
 
 
 def no_observers(gm: fx.GraphModule) -> str | None:
-    left = [n.name for n in _observers(gm)]
+    left = [n.name for n in annotation.observer_nodes(gm)]
     return f"observers remain: {', '.join(left)}" if left else None
 
 

@@ -41,6 +41,3 @@ def insert_observers(gm: fx.GraphModule, config: QuantConfig) -> fx.GraphModule:
     gm.recompile()
     return gm
 
-
-def observer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if annotation.of(n).observes is not None]

@@ -19,7 +19,6 @@ from fxquant import annotation, patterns, quantizers, roles, target
 from fxquant.config import QuantConfig
 from fxquant.passes.buffers import buffer_node
 from fxquant.passes.contract import calibrated, graph_pass, no_observers, quantized
-from fxquant.passes.insert_observers import observer_nodes
 from fxquant.quantizers.uniform import UniformQuantizer, dequantize, fake_quant, qrange, quantize_codes
 
 def activation_max(node: fx.Node) -> int:
@@ -88,7 +87,7 @@ def _quantize_activation(gm: fx.GraphModule, node: fx.Node, config: QuantConfig)
 
 @graph_pass(requires=(calibrated,), ensures=(no_observers, quantized))
 def quantize(gm: fx.GraphModule, config: QuantConfig) -> fx.GraphModule:
-    for node in observer_nodes(gm):
+    for node in annotation.observer_nodes(gm):
         _quantize_activation(gm, node, config)
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and annotation.of(node).weighted:

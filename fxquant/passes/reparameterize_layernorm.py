@@ -34,7 +34,6 @@ from fxquant.data import first_sample
 from fxquant.errors import FxQuantError
 from fxquant.options import Options, one_of, option
 from fxquant.passes.contract import calibrated, graph_pass
-from fxquant.passes.insert_observers import observer_nodes
 from fxquant.quantizers.uniform import UniformQuantizer
 
 # Per-tensor target of the channel scales / zero points; "median" is DopQ-ViT's MOSF.
@@ -87,7 +86,7 @@ def _check_channels_last(gm: fx.GraphModule, folds: dict, calib_loader: Iterable
     path must see channel c at position c of the last axis (or 0, padding)."""
     swaps = {n.target: _ChannelIndex(n.name, patterns.module_of(gm, n).normalized_shape[0])
              for n in folds}
-    swaps.update({n.target: _Record() for n in observer_nodes(gm)})
+    swaps.update({n.target: _Record() for n in annotation.observer_nodes(gm)})
     originals = {target: gm.get_submodule(target) for target in swaps}
     for target, module in swaps.items():
         gm.set_submodule(target, module)

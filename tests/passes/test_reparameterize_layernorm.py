@@ -8,7 +8,7 @@ from torch import nn
 from fxquant import FxQuantError, annotation, config, roles, trace
 from fxquant.calibrate import calibrate
 from fxquant.passes.annotate_roles import annotate_roles
-from fxquant.passes.insert_observers import insert_observers, observer_nodes
+from fxquant.passes.insert_observers import insert_observers
 from fxquant.passes.reparameterize_layernorm import fold_factors, reparameterize_layernorm
 from fxquant.quantizers.uniform import UniformQuantizer, fake_quantize
 
@@ -66,9 +66,9 @@ def test_fold_keeps_the_float_function_and_leaves_an_integer_per_tensor_grid(mod
     gm = reparameterize_layernorm(_calibrated(model, x), CFG, [x])
     torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-5)
     fitted = {id(annotation.of(o).fitted)
-              for o in observer_nodes(gm) if annotation.of(o).role == roles.POST_LAYERNORM}
+              for o in annotation.observer_nodes(gm) if annotation.of(o).role == roles.POST_LAYERNORM}
     assert len(fitted) == 1                              # q, k, v share one quantizer
-    params = next(annotation.of(o).fitted for o in observer_nodes(gm)
+    params = next(annotation.of(o).fitted for o in annotation.observer_nodes(gm)
                   if annotation.of(o).role == roles.POST_LAYERNORM)
     assert params.scale.numel() == 1 and params.zero_point.dtype == torch.int32
 
