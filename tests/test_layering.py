@@ -21,7 +21,7 @@ LAYERS = [
     {"tracing", "quantized_model", "pipeline", "methods"},
     {"lowering"},
     {"api"},
-    {"plots", "sqnr", "zoo", "workload", "evaluate", "report_command"},
+    {"plots", "sqnr", "zoo", "workload", "evaluate", "report_command", "quantize_command"},
     {"bench"},
     {"cli", "__init__"},
 ]
