@@ -49,6 +49,14 @@ def observer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if of(n).observes is not None]
 
 
+def release_float_weights(gm: fx.GraphModule) -> None:
+    """Forget the float weights the quantized nodes keep for refinements and reports: a caller
+    that needs neither (the export of a large model) can then let the float model go."""
+    for node in gm.graph.nodes:
+        if of(node).float_weight is not None:
+            update(node, float_weight=None)
+
+
 def copy(source: fx.Node, node: fx.Node) -> None:
     """Give `node` the annotation of `source` (a rewrite's replacement of it)."""
     node.meta[KEY] = of(source)

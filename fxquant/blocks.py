@@ -3,13 +3,18 @@
 Block i holds the nodes after cut i-1 up to cut i, where the cuts are every k-th residual add
 (`patterns.residual_adds`) and the last block ends at the graph output. `block_module` turns a
 block into a GraphModule (sharing the parent's buffers) whose inputs are the values the block
-reads from before it (graph inputs included) and whose outputs are the values read after it.
+reads from before it (graph inputs included) and whose outputs are the values read after it;
+`block_computing` is the part of a graph that computes given values; `run_block` runs a block on
+cached calibration tensors, chunk by chunk, and `drop_unneeded` keeps a cache to what the blocks
+still to run read.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator
 
+import torch
 import torch.fx as fx
 
 from fxquant import patterns
@@ -49,6 +54,20 @@ def _block(nodes: list[fx.Node]) -> Block:
     return Block(tuple(nodes), tuple(sorted(inputs, key=_has_default)), tuple(outputs))
 
 
+def block_computing(gm: fx.GraphModule, values: Iterable[fx.Node]) -> Block:
+    """The part of `gm` that computes `values` from the graph inputs, as a block returning them."""
+    values = tuple(values)
+    needed, stack = set(values), list(values)
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in needed:
+                needed.add(arg)
+                stack.append(arg)
+    nodes = [n for n in gm.graph.nodes if n in needed and n.op not in ("placeholder", "get_attr")]
+    inputs = [n for n in gm.graph.nodes if n in needed and n.op == "placeholder"]
+    return replace(_block(nodes), inputs=tuple(sorted(inputs, key=_has_default)), outputs=values)
+
+
 def _has_default(value: fx.Node) -> bool:
     return value.op == "placeholder" and bool(value.args)
 
@@ -70,3 +89,57 @@ def block_module(gm: fx.GraphModule, block: Block) -> fx.GraphModule:
         env[node] = graph.node_copy(node, lambda a: env[a])
     graph.output(tuple(env[n] for n in block.outputs))
     return fx.GraphModule(gm, graph, "Block")
+
+
+CHUNK = 128  # samples per forward when running a block on cached tensors
+
+
+class PerChunk(tuple):
+    """A block output that is not a batch of samples (a shape holding the batch size, a mask
+    shared by the batch), one value per chunk: the next block gets, with each chunk of tensors,
+    the value computed from that chunk."""
+
+
+def _batched(value, samples: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and len(value) == samples
+
+
+def _samples(block: Block, cache: dict[str, object]) -> int:
+    return next(len(cache[v.name]) for v in block.inputs
+                if v.name in cache and isinstance(cache[v.name], torch.Tensor))
+
+
+@torch.no_grad()
+def block_chunks(module: fx.GraphModule, block: Block, cache: dict[str, object],
+                 chunk: int = CHUNK) -> Iterator[tuple]:
+    """`module` (block's module) on the cached inputs, `chunk` samples at a time: its outputs."""
+    names = [v.name for v in block.inputs if v.name in cache]
+    missing = [v.name for v in block.inputs if v.name not in cache and v.op != "placeholder"]
+    if missing:
+        raise FxQuantError(f"block inputs {missing} are not cached: cannot run the block alone")
+    for k, i in enumerate(range(0, _samples(block, cache), chunk)):
+        yield module(**{n: cache[n][k] if isinstance(cache[n], PerChunk)
+                        else cache[n][i:i + chunk] if isinstance(cache[n], torch.Tensor)
+                        else cache[n] for n in names})
+
+
+def run_block(module: fx.GraphModule, block: Block, cache: dict[str, object],
+              chunk: int = CHUNK) -> dict[str, object]:
+    """The block's outputs for every cached sample, by node name: batches of samples as whole
+    tensors, other values `PerChunk`."""
+    total = _samples(block, cache)
+    sizes = [min(chunk, total - i) for i in range(0, total, chunk)]
+    outs = list(block_chunks(module, block, cache, chunk))
+    values = {}
+    for k, o in enumerate(block.outputs):
+        parts = [out[k] for out in outs]
+        batched = all(_batched(part, n) for part, n in zip(parts, sizes))
+        values[o.name] = torch.cat(parts) if batched else PerChunk(parts)
+    return values
+
+
+def drop_unneeded(cache: dict[str, torch.Tensor], later: list[Block]) -> None:
+    """Free the cached values no block in `later` reads."""
+    needed = {v.name for block in later for v in block.inputs}
+    for name in set(cache) - needed:
+        del cache[name]

@@ -34,6 +34,7 @@ BENCHMARKS = {
                              "post-Softmax quantizers (TanQ, log2, uniform) on real attention maps"),
     "cpt-v": ("cpt_v", "top-1 before and after the CPT-V scale search, per seed"),
     "dopq": ("dopq", "DopQ-ViT ablation: TanQ, MOSF, reconstruction on repq-vit"),
+    "memory": ("memory", "peak memory of quantize + export per ViT size (vit_small to vit_huge)"),
     "two-scale-error": ("two_scale_error",
                         "V-2SF vs uniform and log2 on real post-Softmax/post-GELU tensors"),
 }
@@ -52,10 +53,17 @@ def _report(args: argparse.Namespace) -> dict:
     return result
 
 
+def _sweep(args: argparse.Namespace) -> dict:
+    from fxquant.sweep.command import markdown, run
+    result = run(args)
+    print(markdown(result))
+    return result
+
+
 def _recipes(args: argparse.Namespace) -> None:
     """Print every recipe with what it is for and the bits that suit it (a JSON list with --json)."""
     from fxquant.config import RECIPES
-    from fxquant.pipeline import REFINEMENTS
+    from fxquant.pipeline import FLOAT_REWRITES, REFINEMENTS
     rows = [{"name": name, "summary": RECIPES[name].summary, "bits": list(RECIPES[name].suggested_bits)}
             for name in sorted(RECIPES)]
     if args.json:
@@ -64,6 +72,8 @@ def _recipes(args: argparse.Namespace) -> None:
     for row in rows:
         print(f"{row['name']:<13} {' '.join(row['bits']):<22} {row['summary']}")
     print(f"refinements, appended with '+' (repq-vit+recon): {', '.join(sorted(REFINEMENTS))}")
+    print(f"float rewrites before calibration, appended with '+' (repq-vit+rotate): "
+          f"{', '.join(sorted(FLOAT_REWRITES))}")
 
 
 def _print_result(result: dict, as_json: bool) -> None:
@@ -104,6 +114,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                       "accuracy against bit-width from `bench accuracy --json`")
     report_arguments(r)
     r.set_defaults(run=_report)
+
+    s = sub.add_parser("sweep", help="models x recipes x bit-widths, each cell `fxquant quantize` "
+                                     "as a Ray task (local, or a cluster by address), resumable "
+                                     "(needs the ray extra)")
+    if argv is None or argv[:1] == ["sweep"]:  # Ray is imported only for a sweep
+        from fxquant.sweep.command import add_arguments as sweep_arguments
+        sweep_arguments(s)
+        s.set_defaults(run=_sweep)
     return p
 
 

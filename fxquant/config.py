@@ -46,6 +46,7 @@ class QuantConfig:
     w_bits: int = 8
     a_bits: int = 8
     attn_bits: int | None = None    # post-softmax bits; None means a_bits
+    rewrite: tuple[str, ...] = ()   # float-graph rewrites right after tracing ("rotate")
     passes: tuple[str, ...] = ()    # graph passes between calibration and quantization
     refine: tuple[str, ...] = ()    # passes after quantization ("recon", "cpt-v")
     options: Mapping[str, object] = field(default_factory=dict)
@@ -69,6 +70,10 @@ class QuantConfig:
         label = f"w{self.w_bits}a{self.a_bits}"
         return label + (f"attn{self.attn_bits}" if self.attn_bits is not None else "")
 
+
+# Names of the float-graph rewrites (pipeline.FLOAT_REWRITES, which fills this set): a `+name`
+# suffix naming one goes to QuantConfig.rewrite, any other to QuantConfig.refine.
+REWRITE_NAMES: set[str] = set()
 
 # Named recipes, filled by the files of fxquant/methods/ (one per method, each registering its
 # own); fxquant.api imports that package, so importing any fxquant module fills it.
@@ -102,7 +107,7 @@ def parse_bits(bits: str) -> dict[str, int | None]:
 
 def resolve(config: str | QuantConfig, bits: str | None = None,
             target: str | None = None) -> QuantConfig:
-    """A recipe name (with `+refinement` suffixes) or a QuantConfig, with bits and target applied.
+    """A recipe name (with `+rewrite` / `+refinement` suffixes) or a QuantConfig, with bits and target applied.
     Pass names and the passes' options are not checked here (pipeline.check does: the passes
     import the config)."""
     if not isinstance(config, (str, QuantConfig)):
@@ -111,10 +116,13 @@ def resolve(config: str | QuantConfig, bits: str | None = None,
     if isinstance(config, QuantConfig):
         cfg = config
     else:
-        base, *refine = config.strip().lower().split("+")
+        base, *suffixes = config.strip().lower().split("+")
         if base not in RECIPES:
             raise FxQuantError(f"unknown recipe {base!r}: choose one of {sorted(RECIPES)}")
-        cfg = replace(RECIPES[base], refine=RECIPES[base].refine + tuple(refine))
+        rewrite = tuple(name for name in suffixes if name in REWRITE_NAMES)
+        refine = tuple(name for name in suffixes if name not in REWRITE_NAMES)
+        cfg = replace(RECIPES[base], rewrite=RECIPES[base].rewrite + rewrite,
+                      refine=RECIPES[base].refine + refine)
         cfg = replace(cfg, name=config.strip().lower())
     if PipelineOptions.from_options(cfg.options).fully_quantized:
         default = cfg.roles.get(roles.LINEAR_INPUT, RoleSpec())

@@ -191,3 +191,14 @@ def batch_inputs(batch: Any) -> tuple[tuple, dict]:
 
 def input_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+
+
+def output_tensors(output) -> list[torch.Tensor]:
+    """A model's outputs in the order the exporter flattens them (a tensor, tuples, dicts)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in output_tensors(item)]
+    return []

@@ -65,6 +65,35 @@ def is_matmul(gm, node) -> bool:
     return is_mm and all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2])
 
 
+_PRODUCT_FUNCTIONS = {F.linear, F.bilinear, torch.addmm, torch.baddbmm, torch.mm, torch.einsum,
+                      F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                      F.conv_transpose3d} | _MATMUL_FUNCTIONS
+_PRODUCT_METHODS = {"matmul", "mm", "bmm", "addmm", "baddbmm"}
+_LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def product_kind(gm, node) -> str | None:
+    """What kind of product `node` computes (a Linear, a matmul, an einsum, a Conv1d...), the
+    operations a quantizer makes integer; None for everything else (lookups, norms, adds)."""
+    module = module_of(gm, node)
+    if module is not None:
+        weight = getattr(module, "weight", None)
+        is_product = isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not isinstance(
+            module, _LOOKUP_MODULES)
+        return type(module).__name__ if is_product else None
+    if node.op == "call_function" and node.target in _PRODUCT_FUNCTIONS:
+        return "matmul" if node.target in _MATMUL_FUNCTIONS else node.target.__name__
+    if node.op == "call_method" and node.target in _PRODUCT_METHODS:
+        return "matmul" if node.target == "matmul" else node.target
+    return None
+
+
+def scope(node: fx.Node) -> tuple[tuple[str, type], ...]:
+    """The modules whose forward computed `node`, outermost first, as (path, class): the path as
+    the user's model.named_modules() gives it (a call_module node's own module is the last)."""
+    return tuple(node.meta.get("nn_module_stack", {}).values())
+
+
 def is_layout(node: fx.Node) -> bool:
     """Ops that only move values: the path LN -> Linear may pass through any number of them."""
     if node.op == "call_method":

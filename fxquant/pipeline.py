@@ -10,16 +10,25 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from fxquant import quantizers
-from fxquant.config import PipelineOptions, QuantConfig
+from fxquant.config import REWRITE_NAMES, PipelineOptions, QuantConfig
 from fxquant.errors import FxQuantError
 from fxquant.options import Options, unknown_option
 from fxquant.passes.contrastive_search import CptvOptions, contrastive_search
+from fxquant.passes.gptq import GptqOptions, gptq
 from fxquant.passes.integer_layernorm import integer_layernorm
 from fxquant.passes.integer_softmax import integer_softmax
 from fxquant.passes.reconstruct import ReconOptions, reconstruct
 from fxquant.passes.reparameterize_layernorm import FoldOptions, reparameterize_layernorm
+from fxquant.passes.rotate import RotateOptions, rotate
 from fxquant.passes.split_two_scale import split_two_scale
 from fxquant.quantizers.uniform import OBSERVER_METHODS
+
+# Run on the float graph right after tracing, before roles and observers (they change the
+# activations calibration must see); recipe names add them with "+" ("repq-vit+rotate").
+FLOAT_REWRITES: dict[str, Callable] = {
+    "rotate": rotate,
+}
+REWRITE_NAMES.update(FLOAT_REWRITES)
 
 # Run between calibration and quantization (observers hold their statistics).
 PRE_QUANTIZE: dict[str, Callable] = {
@@ -30,6 +39,7 @@ PRE_QUANTIZE: dict[str, Callable] = {
 REFINEMENTS: dict[str, Callable] = {
     "recon": reconstruct,
     "cpt-v": contrastive_search,
+    "gptq": gptq,
 }
 
 # Run last, in this order, when config.options["fully_quantized"] is on: LayerNorm and Softmax
@@ -41,7 +51,8 @@ INTEGER: dict[str, Callable] = {
 }
 
 # Every key of config.options belongs to one of these; each checks its own values.
-OPTIONS: tuple[type[Options], ...] = (PipelineOptions, FoldOptions, ReconOptions, CptvOptions)
+OPTIONS: tuple[type[Options], ...] = (PipelineOptions, FoldOptions, ReconOptions, CptvOptions,
+                                      GptqOptions, RotateOptions)
 
 
 def get(name: str, table: dict[str, Callable]) -> Callable:
@@ -63,11 +74,14 @@ def check_options(options: Mapping[str, object]) -> None:
 def check(config: QuantConfig) -> None:
     """Refuse a recipe naming a pass, quantizer, observer method or option that does not exist, or
     an option value that is not allowed, before any work is done."""
+    for name in config.rewrite:
+        get(name, FLOAT_REWRITES)
     for name in config.passes:
         get(name, PRE_QUANTIZE)
     unknown = [r for r in config.refine if r not in REFINEMENTS]
     if unknown:
-        raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)}")
+        raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)} "
+                           f"(float rewrites: {sorted(FLOAT_REWRITES)})")
     for role, spec in config.roles.items():
         quantizers.get(spec.quantizer)
         if spec.observer not in OBSERVER_METHODS:

@@ -15,6 +15,11 @@ class QuantizedModel(fx.GraphModule):
         self.convert_seconds = convert_seconds
         self.meta.update(gm.meta)  # what refinements recorded (search curves, times)
 
+    @property
+    def float_parts(self) -> tuple:
+        """The parts that run in float, each with where and why (passes/keep_float.py)."""
+        return self.meta.get("float_parts", ())
+
     def __deepcopy__(self, memo):
         """GraphModule's deepcopy keeps the graph and buffers only: keep the config too."""
         return QuantizedModel(super().__deepcopy__(memo), self.config, self.convert_seconds)

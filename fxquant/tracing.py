@@ -10,7 +10,10 @@ sizes trace (`value_tracer`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
+import types
 from typing import Sequence
 
 import torch
@@ -20,7 +23,9 @@ from torch import nn
 from fxquant.calibrate import model_device
 from fxquant.data import batch_inputs
 from fxquant.errors import FxQuantError
+from fxquant.multihead_attention import SplitMultiheadAttention
 from fxquant.passes.decompose_sdpa import decompose_sdpa
+from fxquant.passes.functional_linear import functional_linears_as_modules
 from fxquant.passes.remove_identities import remove_identities
 from fxquant.value_tracer import ValueTracer
 
@@ -32,10 +37,51 @@ class TraceError(FxQuantError):
 
 
 class _Tracer(ValueTracer):
+    """Leaves are the LEAF_TYPES; an nn.MultiheadAttention is traced as its written-out
+    equivalent (SplitMultiheadAttention), whose Linears live beside the model, not in it."""
+
+    def __init__(self, example, root: nn.Module):
+        super().__init__(example)
+        self.splits = {m: SplitMultiheadAttention(m) for m in root.modules()
+                       if isinstance(m, nn.MultiheadAttention)}  # built before parameters are proxied
+        paths = {m: path for path, m in root.named_modules()}
+        self.substitute_paths: dict[nn.Module, str] = {   # modules the model does not hold
+            module: f"{paths[mha]}.{name}".rstrip(".")
+            for mha, split in self.splits.items() for name, module in split.named_modules()}
+        self.substitutes = {path: module for module, path in self.substitute_paths.items()}
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
+        """torch.nn modules that hold other modules (TransformerEncoderLayer, MultiheadAttention)
+        are traced into, so the Linears inside them are seen; other torch.nn modules are leaves."""
+        if isinstance(m, LEAF_TYPES):
+            return True
+        return super().is_leaf_module(m, qualname) and next(m.children(), None) is None
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        return self.substitute_paths.get(mod) or super().path_of_module(mod)
+
+    def submodule(self, target: str) -> nn.Module:
+        return self.substitutes.get(target) or super().submodule(target)
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **kw):
+        if kind == "call_function" and self._hides_a_weight(target, args, kwargs):
+            return target(*args, **kwargs)  # a library function fx.wrap keeps whole: trace into it
+        return super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+
+    def _hides_a_weight(self, target, args, kwargs) -> bool:
+        """A Python function from outside torch given a weight matrix (torchvision's Swin
+        attention); known from the example's values, so only when tracing with an example."""
+        if not isinstance(target, types.FunctionType) or target.__module__.split(".")[0] in ("torch", "fxquant"):
+            return False
+        weights = []
+        fx.node.map_aggregate((args, kwargs), lambda a: weights.append(a) if isinstance(a, fx.Proxy)
+                              and a.node.op == "get_attr" else None)
+        return any(getattr(self.values.get(w.node), "ndim", 0) >= 2 for w in weights)
 
     def call_module(self, m, forward, args, kwargs):
+        if m in self.splits:
+            m = self.splits[m]
+            forward = m.forward
         try:
             return super().call_module(m, forward, args, kwargs)
         except TraceError:
@@ -104,6 +150,37 @@ def _example_by_name(model: nn.Module, example, names: list[str]) -> dict[str, t
     return {n: given[n][:2].to(device) for n in names}
 
 
+def _drop_entry_scope(graph: fx.Graph, names: list[str]) -> None:
+    """Inputs and module scopes as the user's model names them, not as the entry module does."""
+    for node, name in zip(graph.find_nodes(op="placeholder"), names):
+        node.target = name
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack", {})
+        node.meta["nn_module_stack"] = {
+            key.removeprefix("model."): (path.removeprefix("model."), kind)
+            for key, (path, kind) in stack.items() if path != "model"}
+
+
+def _attributes(tracer: _Tracer, graph: fx.Graph) -> dict[str, object]:
+    """What the graph's call_module and get_attr nodes name, substitutes included."""
+    return {n.target: tracer.submodule(n.target) if n.op == "call_module"
+            else functools.reduce(getattr, n.target.split("."), tracer.root)
+            for n in graph.nodes if n.op in ("call_module", "get_attr")}
+
+
+@contextlib.contextmanager
+def _attributes_kept(root: nn.Module):
+    """Leave the user's modules as they were: tracing runs their forward, and code that caches
+    a size on its module (Hugging Face Swin's window size) would keep a traced value there."""
+    saved = [(m, dict(m.__dict__)) for m in root.modules()]
+    try:
+        yield
+    finally:
+        for module, attributes in saved:
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+
+
 def trace(model: nn.Module, input_names: Sequence[str] | None = None,
           example_inputs=None) -> fx.GraphModule:
     """Trace `model` (put in eval mode) into fxquant's canonical GraphModule.
@@ -122,17 +199,19 @@ def trace(model: nn.Module, input_names: Sequence[str] | None = None,
     if entry:
         root, concrete_args = _Entry(model, names), tuple(fx.PH for _ in names)
         example = {f"input_{i}": example[n] for i, n in enumerate(names) if n in example}
-    tracer = _Tracer(example)
-    try:
-        with torch.no_grad():
-            graph = tracer.trace(root, concrete_args=concrete_args)
-    except TraceError:
-        raise
-    except Exception as e:
-        raise TraceError(f"cannot trace {type(model).__name__}.forward: {e}") from e
-    for node, name in zip(graph.find_nodes(op="placeholder") if entry else (), names):
-        node.target = name  # the entry module's inputs take the model's parameter names
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    tracer = _Tracer(example, root)
+    with _attributes_kept(root):
+        try:
+            with torch.no_grad():
+                graph = tracer.trace(root, concrete_args=concrete_args)
+        except TraceError:
+            raise
+        except Exception as e:
+            raise TraceError(f"cannot trace {type(model).__name__}.forward: {e}") from e
+        if entry:
+            _drop_entry_scope(graph, names)
+        gm = fx.GraphModule(_attributes(tracer, graph), graph, type(model).__name__)
     gm = decompose_sdpa(gm)
+    gm = functional_linears_as_modules(gm)
     gm = remove_identities(gm)
     return gm

@@ -8,6 +8,7 @@ plain fx.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any
 
 import torch
@@ -31,6 +32,26 @@ class _Proxy(fx.Proxy):
         if self.node in self.tracer.static:
             return len(self.tracer.values[self.node])
         return super().__len__()
+
+    def __setitem__(self, index, value) -> None:
+        """In-place writes (index tables built from sizes) are recorded like any call."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+    def _static_number(self, cast):
+        """A size computed from shapes, as a Python number (int(), range(), interpolate sizes):
+        fixed to the example's value, as a branch on it is."""
+        if self.node in self.tracer.static:
+            return cast(self.tracer.values[self.node])
+        raise fx.proxy.TraceError(f"cannot use {self.node.name}, a traced tensor value, as a Python number")
+
+    def __int__(self) -> int:
+        return self._static_number(int)
+
+    def __index__(self) -> int:
+        return self._static_number(int)
+
+    def __float__(self) -> float:
+        return self._static_number(float)
 
 
 class ValueTracer(fx.Tracer):
@@ -74,9 +95,22 @@ class ValueTracer(fx.Tracer):
                 return target(*args, **kwargs)
             if kind == "call_method":
                 return getattr(args[0], target)(*args[1:], **kwargs)
-            return self.root.get_submodule(target).forward(*args, **kwargs)
+            return self.submodule(target).forward(*args, **kwargs)
         finally:
             self._evaluating = False
+
+    def submodule(self, target: str) -> torch.nn.Module:
+        """The module a call_module node names (subclasses may trace modules root does not hold)."""
+        return self.root.get_submodule(target)
+
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        """The graph; the example's values are dropped once it is traced: the proxies and the
+        tracer refer to each other, so they would hold every value until a full garbage collection
+        (a few hundred MB for a ViT-Base)."""
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            self.values.clear()
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         return attr_val if self._evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)

@@ -24,6 +24,11 @@ class Workload:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=zoo.REFERENCE_NAME,
                    help="ref-vit (bundled), a timm model name, or a checkpoint .pth")
+    add_data_arguments(p)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The options besides --model: what a sweep over several models shares."""
     p.add_argument("--random-weights", action="store_true",
                    help="allow a timm model with random weights (structure and speed only)")
     p.add_argument("--calib", type=int, default=256, help="number of calibration images")

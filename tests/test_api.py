@@ -58,7 +58,7 @@ def test_unknown_recipe_is_refused(ref):
 
 
 def test_unknown_passes_are_refused_before_any_work(ref):
-    with pytest.raises(FxQuantError, match=r"unknown refinement 'nope': available are \['cpt-v', 'recon'\]"):
+    with pytest.raises(FxQuantError, match=r"unknown refinement 'nope': available are \['cpt-v', 'gptq', 'recon'\]"):
         fxquant.convert(ref.model, [], "minmax+nope")  # an empty loader would be refused later
     cfg = replace(config.resolve("minmax"), passes=("nope",))
     with pytest.raises(FxQuantError, match="unknown pass 'nope'"):

@@ -3,7 +3,7 @@ from torch import nn
 
 import fxquant
 from fxquant import patterns, trace
-from fxquant.blocks import block_module, split_blocks
+from fxquant.blocks import PerChunk, block_module, run_block, split_blocks
 
 
 class _Residual(nn.Module):
@@ -52,3 +52,29 @@ def test_float_reference_is_the_float_model():
     torch.testing.assert_close(reference(x), model(x))
     assert not torch.allclose(qmodel(x), model(x), atol=1e-3)
     assert not any(str(n.target).startswith("fxquant") for n in reference.graph.nodes)
+
+
+class _ShapeAcross(nn.Module):
+    """A shape (holding the batch size) computed in the first block and read in the second."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        shape = x.shape
+        x = x + self.a(x).reshape(shape)
+        return x + self.b(x).reshape(shape[0], -1).reshape(shape)
+
+
+def test_cached_blocks_run_in_chunks_with_per_chunk_shapes():
+    torch.manual_seed(0)
+    model = _ShapeAcross()
+    gm = trace(model)
+    blocks = split_blocks(gm)
+    x = torch.randn(5, 3, 8)
+    cache = {"x": x}
+    for block in blocks:
+        cache.update(run_block(block_module(gm, block), block, cache, chunk=2))   # chunks 2, 2, 1
+    assert any(isinstance(v, PerChunk) and [s[0] for s in v] == [2, 2, 1] for v in cache.values())
+    torch.testing.assert_close(cache[blocks[-1].outputs[0].name], model(x))

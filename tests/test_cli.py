@@ -64,7 +64,7 @@ def test_recipes_json_lists_every_recipe_with_what_it_is_for_and_its_bits(capsys
             config.resolve(row["name"], bits)
     assert main(["recipes"]) == 0
     text = capsys.readouterr().out
-    assert all(name in text for name in config.RECIPES) and "+" in text
+    assert all(name in text for name in config.RECIPES) and "+" in text and "rotate" in text
 
 
 def test_help_ends_with_examples():

@@ -12,17 +12,18 @@ import fxquant
 ROOT = Path(fxquant.__file__).parent
 # Lowest first; a module may import its own layer or any below it.
 LAYERS = [
-    {"errors", "roles", "target", "cpu", "data", "float32", "value_tracer", "options"},
+    {"errors", "roles", "target", "cpu", "data", "float32", "value_tracer", "options", "allocator"},
     {"config"},
     {"observers"},
     {"quantizers"},
-    {"annotation", "attention_mask", "patterns", "blocks", "calibrate"},
+    {"annotation", "attention_mask", "patterns", "blocks", "calibrate", "multihead_attention"},
+    {"ignored_scope"},
     {"passes"},
     {"tracing", "quantized_model", "pipeline", "methods"},
     {"lowering"},
     {"api"},
     {"plots", "sqnr", "zoo", "workload", "evaluate", "report_command", "quantize_command"},
-    {"bench"},
+    {"bench", "sweep"},
     {"cli", "__init__"},
 ]
 LATE_IMPORTS_ALLOWED = {"fxquant.cli"}

@@ -27,6 +27,8 @@ PAPERS = {
                        "Quantization for Vision Transformers", ["TanQ", "MOSF", "block reconstruction"]),
     methods.cpt_v: ("CPT-V: A Contrastive Approach to Post-Training Quantization of Vision Transformers",
                     ["contrastive loss", "evolutionary search", "Evol-Q"]),
+    methods.gptq: ("GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers",
+                   ["Hessian", "Cholesky", "lazy batch", "act-order", "sequential"]),
 }
 # "path.py: Name, Name" in a docstring: the code a term maps to.
 CODE_REFERENCE = re.compile(r"([\w/]+)\.py:\s+([A-Za-z_]\w*(?:,\s+[A-Za-z_]\w*)*)")
@@ -74,7 +76,7 @@ def test_a_bad_option_fails_before_calibration_in_one_line(options, message):
 
 def test_every_recipe_and_refinement_passes_the_check():
     for name in RECIPES:
-        for refine in ("", "+recon", "+cpt-v"):
+        for refine in ("", "+recon", "+cpt-v", "+gptq", "+rotate"):
             pipeline.check(config.resolve(name + refine))
 
 

@@ -7,8 +7,9 @@ recipe's tolerance (`QuantConfig.export_tolerance`). The target is recorded in t
 """
 from __future__ import annotations
 
-import contextlib
+import gc
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Mapping
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from fxquant import cpu, target
 from fxquant.calibrate import run_batch
-from fxquant.data import ModelInputs, TransformFn, as_model_inputs, model_inputs
+from fxquant.data import ModelInputs, TransformFn, as_model_inputs, model_inputs, output_tensors
 from fxquant.errors import FxQuantError
 from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
@@ -29,6 +30,7 @@ from fxquant.quantized_model import QuantizedModel
 from fxquant.quantizers import ONNX_TRANSLATIONS
 
 OPSET = 21  # int4 initializers and block-wise DequantizeLinear
+EXTERNAL_DATA_BYTES = 2 ** 31 - 2 ** 27  # protobuf's 2 GiB limit on one file, less room for the graph
 
 
 def example_inputs(example) -> tuple[tuple, dict]:
@@ -109,17 +111,6 @@ def to_onnx_ir(qmodel: torch.nn.Module, example_input,
     return model
 
 
-def _tensors(output) -> list[torch.Tensor]:
-    """A model's outputs in the order the exporter flattens them (a tensor, tuples, dicts)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (tuple, list)):
-        return [t for item in output for t in _tensors(item)]
-    return []
-
-
 def output_names(output) -> list[str] | None:
     """The model's own names for its output tensors, in the exporter's order: a dict's (a Hugging
     Face ModelOutput's) keys, output_<i> in a tuple, "output" for one tensor; None when nested."""
@@ -149,7 +140,7 @@ def _name_outputs(model: ir.Model, reference) -> None:
 def relative_error(reference, other) -> float:
     """||other - reference|| / ||reference|| over the output tensors both hold, in order
     (OnnxModule returns the file's first output)."""
-    pairs = list(zip(_tensors(reference), _tensors(other)))
+    pairs = list(zip(output_tensors(reference), output_tensors(other)))
     diff = sum(float((o.float() - r.float()).pow(2).sum()) for r, o in pairs)
     norm = sum(float(r.float().pow(2).sum()) for r, _ in pairs)
     return (diff / max(norm, 1e-30)) ** 0.5
@@ -176,6 +167,20 @@ def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance
             f"pass verify=False to write it anyway")
 
 
+def save(model: ir.Model, file: Path) -> list[Path]:
+    """Write `model` at `file`, its initializers in `<file>.data` beside it when they would not fit
+    in one protobuf file (onnxruntime and onnx.checker read them from there, given the path).
+    Returns the files written, the model last."""
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values()
+               if v.const_value is not None)
+    if size <= EXTERNAL_DATA_BYTES:
+        ir.save(model, file)
+        return [file]
+    data = file.with_name(f"{file.name}.data")
+    ir.save(model, file, external_data=data.name)
+    return [data, file]
+
+
 def export_onnx(qmodel, path: str | Path, example_input,
                 dynamic_axes: Mapping[int, str] | None = None, verify: bool = True,
                 transform_fn: TransformFn | None = None) -> Path:
@@ -186,7 +191,8 @@ def export_onnx(qmodel, path: str | Path, example_input,
     file must be exact on its target CPUs and agree with the PyTorch numerics on the example.
     `example_input` is the model's inputs (a tensor, a tuple of positional inputs, a dict), or a
     loader item mapped to them by `transform_fn` as in `convert`. The file gets the permissions
-    of any new file (the user's umask)."""
+    of any new file (the user's umask). A model whose initializers pass protobuf's 2 GiB limit
+    keeps them in `<path>.data` beside the file."""
     if not isinstance(qmodel, QuantizedModel):
         raise FxQuantError(f"export_onnx needs a calibrated QuantizedModel from fxquant.convert, "
                            f"got {type(qmodel).__name__}")
@@ -203,21 +209,22 @@ def export_onnx(qmodel, path: str | Path, example_input,
     progress.update()
     if verify:
         _check_target(model, qmodel.config)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
+    tmp = Path(tempfile.mkdtemp(suffix=".onnx.tmp", dir=path.parent))  # the file and its data
     try:
-        ir.save(model, tmp)
-        onnx.checker.check_model(tmp, full_check=True)
+        files = save(model, tmp / path.name)
+        del model  # the checks read the file: the session must not sit beside a second copy
+        gc.collect()  # (the IR's nodes and graphs refer to each other)
+        onnx.checker.check_model(files[-1], full_check=True)
         progress.update()
-        onnx_module = OnnxModule(tmp, warn=False)  # the file loads in onnxruntime
+        onnx_module = OnnxModule(files[-1], warn=False)  # the file loads in onnxruntime
         if verify:
             _check_numerics(onnx_module, example, reference, qmodel.config.export_tolerance)
         progress.update()
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp made it private
-        os.replace(tmp, path)
+        for file in files:  # the data before the model that names it
+            os.chmod(file, 0o666 & ~_umask())   # like any new file, not mkdtemp's private one
+            os.replace(file, path.parent / file.name)
         progress.update()
     finally:
         progress.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -1,7 +1,10 @@
 """The calibration observer: an identity module that keeps statistics of what flows through it.
 
 It keeps the running min/max and a bounded, seeded random sample (with replacement) of the values (rows of the
-channel matrix when `per_channel`), which is what the percentile and MSE searches need.
+channel matrix when `per_channel`), which is what the percentile and MSE searches need. The sample
+is bounded whatever the number of batches: once the kept rows exceed the budget they are resampled
+at once from the union, each kept row weighted by the rows it stands for, so every batch counts as
+much as in one sample drawn at the end (for one or two batches it is that very draw).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ class Observer(nn.Module):
         self.per_channel = per_channel
         self.max_samples = max_samples
         self._generator = torch.Generator().manual_seed(seed)
-        self._chunks: list[torch.Tensor] = []
+        self._kept: torch.Tensor | None = None
+        self._stands_for = 0  # rows seen (after each batch's own subsample) that _kept represents
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
 
@@ -32,11 +36,29 @@ class Observer(nn.Module):
         lo, hi = (values.amin(0), values.amax(0)) if self.per_channel else (values.min(), values.max())
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
         self.max = hi if self.max is None else torch.maximum(self.max, hi)
-        self._chunks.append(self._subsample(values).cpu())
+        self._keep(self._subsample(values).cpu())
         return x
 
+    def _keep(self, chunk: torch.Tensor) -> None:
+        if self._kept is None:
+            self._kept, self._stands_for = chunk, len(chunk)
+            return
+        kept, seen = self._kept, self._stands_for
+        union = torch.cat([kept, chunk])
+        total = seen + len(chunk)
+        budget = self._budget(union)
+        if len(union) > budget:
+            # uniform over the `total` rows: an index below `seen` picks the kept row standing for it
+            idx = torch.randint(total, (budget,), generator=self._generator)
+            union = union[torch.where(idx < seen, idx * len(kept) // seen, idx - seen + len(kept))]
+        self._kept, self._stands_for = union, total
+
+    def _budget(self, values: torch.Tensor) -> int:
+        """How many rows of `values` fit in max_samples values."""
+        return self.max_samples // (values.shape[1] if self.per_channel else 1)
+
     def _subsample(self, values: torch.Tensor) -> torch.Tensor:
-        budget = self.max_samples // (values.shape[1] if self.per_channel else 1)
+        budget = self._budget(values)
         if values.shape[0] <= budget:
             return values
         idx = torch.randint(values.shape[0], (budget,), generator=self._generator)
@@ -44,8 +66,6 @@ class Observer(nn.Module):
 
     def samples(self) -> torch.Tensor:
         """The kept values: (N,) per tensor, (N, C) per channel, at most `max_samples` in all."""
-        if not self._chunks:
+        if self._kept is None:
             raise FxQuantError(f"the {self.role} observer saw no data: run calibration first")
-        values = self._subsample(torch.cat(self._chunks))
-        self._chunks = [values]
-        return values
+        return self._kept

@@ -32,6 +32,7 @@ def decompose_sdpa(gm: fx.GraphModule) -> fx.GraphModule:
         if a.get("enable_gqa"):
             raise NotImplementedError("scaled_dot_product_attention with enable_gqa=True")
         q, k, v = a["query"], a["key"], a["value"]
+        existing = set(graph.nodes)
         with graph.inserting_before(node):
             scale = a.get("scale")
             if scale is None:
@@ -47,6 +48,8 @@ def decompose_sdpa(gm: fx.GraphModule) -> fx.GraphModule:
                 scores = graph.call_function(apply_attention_mask, (scores, a["attn_mask"]))
             probs = graph.call_function(torch.softmax, (scores, -1))
             out = graph.call_function(operator.matmul, (probs, v))
+        for new in set(graph.nodes) - existing:
+            new.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})  # the module it is in
         node.replace_all_uses_with(out)
         graph.erase_node(node)
     graph.lint()

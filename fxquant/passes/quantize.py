@@ -3,8 +3,9 @@
 Activation parameters come from each observer's statistics, fitted as the recipe says, unless a
 pass before this one (e.g. the LayerNorm fold) already left fitted parameters in the observer
 node's annotation. Each quantized Linear/Conv is annotated with the float weight its codes were
-rounded from and their code range, for refinements that re-round or re-scale (recon, cpt-v);
-the float weight is a copy (the user's model is never shared) and never exported.
+rounded from and their code range, for refinements that re-round or re-scale (recon, cpt-v) and
+reports; the float weight is never exported nor written: it shares the module's weight (the
+user's, or the fold's own copy), so quantizing adds the codes only, not a second float model.
 Weights are stored as int8 codes plus per-channel scale and zero point, never as floats; their
 bits follow the config's target (`fxquant/target.py`): on the portable target an 8-bit weight
 whose GEMM input can reach code 255 gets 7-bit codes, so no CPU's int8 GEMM can saturate.
@@ -64,8 +65,9 @@ def _quantize_weighted(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -
         else:
             new = graph.call_function(F.conv2d, (node.args[0], weight, bias, module.stride,
                                                  module.padding, module.dilation, module.groups))
-    annotation.update(new, weighted=True, float_weight=module.weight.detach().clone(),
+    annotation.update(new, weighted=True, float_weight=module.weight.detach(),
                       weight_range=(params.qmin, params.qmax))
+    new.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})  # where the user has it
     node.replace_all_uses_with(new)
     graph.erase_node(node)
 
@@ -83,6 +85,7 @@ def _quantize_activation(gm: fx.GraphModule, node: fx.Node, config: QuantConfig)
     annotation.update(new, role=observer.role)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
+    gm.delete_submodule(node.target)  # its samples (a MB each) go before the weights' codes come
 
 
 @graph_pass(requires=(calibrated,), ensures=(no_observers, quantized))

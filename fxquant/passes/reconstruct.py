@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fxquant import annotation
-from fxquant.blocks import Block, block_module, split_blocks
+from fxquant.blocks import Block, block_module, drop_unneeded, run_block, split_blocks
 from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
@@ -59,9 +59,6 @@ class ReconOptions(Options):
     recon_round_weight: float = option(0.01, NON_NEGATIVE)
     recon_warmup: float = option(0.2, PROBABILITY)
     recon_adds_per_block: int = option(2, POSITIVE_INT)
-
-
-_CHUNK = 128  # images per forward when caching block inputs and outputs
 
 
 class _Dropper:
@@ -224,18 +221,6 @@ class _TrainableBlock:
             getattr(self.module, scale_name).copy_(step.scale)
 
 
-@torch.no_grad()
-def _run_block(module: fx.GraphModule, block: Block, cache: dict[str, torch.Tensor]):
-    """The block's outputs for every cached image, as whole tensors."""
-    names = [v.name for v in block.inputs if v.name in cache]
-    missing = [v.name for v in block.inputs if v.name not in cache and v.op != "placeholder"]
-    if missing:
-        raise FxQuantError(f"block inputs {missing} are not batched tensors: cannot reconstruct")
-    total = len(cache[names[0]])
-    outs = [module(**{n: cache[n][i:i + _CHUNK] for n in names}) for i in range(0, total, _CHUNK)]
-    return {o.name: torch.cat([out[k] for out in outs]) for k, o in enumerate(block.outputs)}
-
-
 def _lp_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """QDrop's reconstruction loss: squared error summed over dim 1, averaged over the rest."""
     return (out - target).pow(2).sum(1).mean()
@@ -311,19 +296,17 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
     stats = []
     bar = tqdm(total=len(q_blocks) * opts.recon_iters, desc="reconstructing", leave=False)
     for i, (qb, fb) in enumerate(zip(q_blocks, f_blocks)):
-        targets = _run_block(block_module(reference, fb), fb, f_cache)
+        targets = run_block(block_module(reference, fb), fb, f_cache)
         block = _TrainableBlock(block_module(gm, qb), drop)
         if block.roundings or block.steps:
             seconds = None if budget is None else \
                 max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)
             stats.append(_train(block, qb, q_cache, f_cache, targets, opts, seconds, bar))
             block.write_back()
-        q_cache.update(_run_block(block_module(gm, qb), qb, q_cache))
+        q_cache.update(run_block(block_module(gm, qb), qb, q_cache))
         f_cache.update(targets)
-        needed = {v.name for later in q_blocks[i + 1:] for v in later.inputs}
         for cache in (q_cache, f_cache):
-            for name in set(cache) - needed:
-                del cache[name]
+            drop_unneeded(cache, q_blocks[i + 1:])
     bar.close()
     gm.meta["recon"] = {"seconds": round(time.perf_counter() - start, 2), "blocks": stats}
     return gm

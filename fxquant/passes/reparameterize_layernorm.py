@@ -18,7 +18,6 @@ the channel-wise grid's, and the ONNX holds a float Mul and Add before QuantizeL
 """
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -33,6 +32,7 @@ from fxquant.config import QuantConfig
 from fxquant.data import first_sample
 from fxquant.errors import FxQuantError
 from fxquant.options import Options, one_of, option
+from fxquant.passes.buffers import own_copy
 from fxquant.passes.contract import calibrated, graph_pass
 from fxquant.quantizers.uniform import UniformQuantizer
 
@@ -46,17 +46,6 @@ class FoldOptions(Options):
     """The `config.options` key this pass reads, checked when made."""
     PREFIX = "fold_"
     fold_target: str = option("mean", one_of(FOLD_TARGETS))
-
-
-def _own_copy(gm: fx.GraphModule, node: fx.Node, what: str) -> nn.Module:
-    """The module `node` calls, copied into gm so that folding leaves the user's model as it was."""
-    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target]
-    if len(calls) != 1:
-        raise FxQuantError(f"{what} {node.target} is called {len(calls)} times: folding scales into "
-                           "it would change every call")
-    module = copy.deepcopy(patterns.module_of(gm, node))
-    gm.set_submodule(node.target, module)
-    return module
 
 
 class _ChannelIndex(nn.Module):
@@ -208,13 +197,13 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
         _check_channels_last(gm, folds, calib_loader)
     for ln, (observers, linears, pads, explicit) in folds.items():
         r, t, per_tensor = fold_factors(_channel_params(gm, observers, config), target)
-        modules = [_own_copy(gm, lin, "Linear") for lin in linears]
+        modules = [own_copy(gm, lin, "Linear") for lin in linears]
         r, t = (v.to(modules[0].weight) for v in (r, t))
         if explicit:
             _fold_linears(modules, r, t)
             _scale_quantized_branch(gm, ln, observers, r, t)
         else:
-            _fold(_own_copy(gm, ln, "LayerNorm"), modules, r, t)
+            _fold(own_copy(gm, ln, "LayerNorm"), modules, r, t)
             for i, pad in enumerate(pads):
                 _shift_padding(gm, pad, f"{ln.name}_fold_shift_{i}", t)
         for obs in observers:
