@@ -37,8 +37,9 @@ class TraceError(FxQuantError):
 
 
 class _Tracer(ValueTracer):
-    """Leaves are the LEAF_TYPES; an nn.MultiheadAttention is traced as its written-out
-    equivalent (SplitMultiheadAttention), whose Linears live beside the model, not in it."""
+    """Leaves are the LEAF_TYPES and torch.nn modules without children; an nn.MultiheadAttention
+    is traced as its written-out equivalent (SplitMultiheadAttention), whose Linears live beside
+    the model, not in it; a library function fed a weight matrix is traced into."""
 
     def __init__(self, example, root: nn.Module):
         super().__init__(example)
