@@ -11,7 +11,6 @@ sizes trace (`value_tracer`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import types
 from typing import Sequence
@@ -27,7 +26,7 @@ from fxquant.multihead_attention import SplitMultiheadAttention
 from fxquant.passes.decompose_sdpa import decompose_sdpa
 from fxquant.passes.functional_linear import functional_linears_as_modules
 from fxquant.passes.remove_identities import remove_identities
-from fxquant.value_tracer import ValueTracer
+from fxquant.value_tracer import ValueTracer, attribute
 
 LEAF_TYPES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GELU, nn.Softmax, nn.Dropout, nn.Identity)
 
@@ -165,7 +164,7 @@ def _drop_entry_scope(graph: fx.Graph, names: list[str]) -> None:
 def _attributes(tracer: _Tracer, graph: fx.Graph) -> dict[str, object]:
     """What the graph's call_module and get_attr nodes name, substitutes included."""
     return {n.target: tracer.submodule(n.target) if n.op == "call_module"
-            else functools.reduce(getattr, n.target.split("."), tracer.root)
+            else attribute(tracer.root, n.target)
             for n in graph.nodes if n.op in ("call_module", "get_attr")}
 
 

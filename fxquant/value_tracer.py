@@ -19,6 +19,12 @@ _STATIC_ATTRS = {"shape", "ndim", "dtype", "device"}
 _STATIC_METHODS = {"size", "dim"}
 
 
+def attribute(root: torch.nn.Module, target: str):
+    """What a get_attr or call_module node's dotted `target` names under `root` (a parameter,
+    buffer, module or constant)."""
+    return functools.reduce(getattr, target.split("."), root)
+
+
 class _Proxy(fx.Proxy):
     """A proxy whose dtype, rank and (shape-derived) length are known from the example."""
 
@@ -90,7 +96,7 @@ class ValueTracer(fx.Tracer):
         self._evaluating = True
         try:
             if kind == "get_attr":
-                return functools.reduce(getattr, target.split("."), self.root)
+                return attribute(self.root, target)
             if kind == "call_function":
                 return target(*args, **kwargs)
             if kind == "call_method":

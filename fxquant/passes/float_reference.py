@@ -7,13 +7,13 @@ quantized graph against it. The quantized graph is left untouched; node names ar
 from __future__ import annotations
 
 import copy
-import functools
 
 import torch.fx as fx
 
 from fxquant import annotation
 from fxquant.errors import FxQuantError
 from fxquant.quantizers.custom_op import is_quant_op, quantized_value
+from fxquant.value_tracer import attribute
 
 
 def _is_fxquant_op(node: fx.Node) -> bool:
@@ -40,10 +40,6 @@ def float_reference(gm: fx.GraphModule) -> fx.GraphModule:
             with graph.inserting_before(node):
                 node.update_arg(1, graph.get_attr(f"{node.name}_float_weight"))
     graph.eliminate_dead_code(lambda n: not (n.op == "get_attr" or _is_fxquant_op(n)))
-    root = {n.target: weights[n.target] if n.target in weights else _attr(gm, n.target)
+    root = {n.target: weights[n.target] if n.target in weights else attribute(gm, n.target)
             for n in graph.nodes if n.op in ("get_attr", "call_module")}
     return fx.GraphModule(root, graph, "FloatReference")
-
-
-def _attr(gm: fx.GraphModule, target: str):
-    return functools.reduce(getattr, target.split("."), gm)

@@ -7,18 +7,19 @@ Linear modules. The Linear made here shares the parameter (no copy); a bias comp
 """
 from __future__ import annotations
 
-import functools
 import operator
 
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from fxquant.value_tracer import attribute
+
 
 def _parameter(gm: fx.GraphModule, node) -> nn.Parameter | None:
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         return None
-    value = functools.reduce(getattr, node.target.split("."), gm)
+    value = attribute(gm, node.target)
     return value if isinstance(value, nn.Parameter) else None
 
 
