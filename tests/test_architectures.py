@@ -169,8 +169,11 @@ def test_architecture_converts_exports_and_agrees(name, recipe, bits, tmp_path):
         assert difference < W8A8_FLOAT_DIFFERENCE
 
 
+# timm's cells run with `-m slow`: tests/test_golden.py runs every recipe on a timm ViT, in
+# PyTorch and onnxruntime, in the default suite.
 @pytest.mark.parametrize("recipe", ["repq-vit-sym", "fq-vit", "tsptq-vit", "dopq-vit", "repq-vit+cpt-v"])
-@pytest.mark.parametrize("name", ONE_PER_ECOSYSTEM)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n.startswith("timm/") else [])
+                                  for n in ONE_PER_ECOSYSTEM])
 def test_every_recipe_on_one_architecture_per_ecosystem(name, recipe, tmp_path):
     cfg = config.resolve(recipe)
     cfg = replace(cfg, options={**cfg.options, **SHORT})

@@ -58,8 +58,16 @@ def swept(tmp_path_factory):
     return folder, killed, sweep(_sweep_args(*argv))
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("bits", BITS)
+def _cells():
+    """Every cell; the two whose recipe and bit-width both differ run by default, the other two
+    (the same code paths) with `-m slow`."""
+    for recipe in RECIPES:
+        for bits in BITS:
+            slow = (recipe, bits) not in {("minmax", "w8a8"), ("repq-vit", "w4a4")}
+            yield pytest.param(recipe, bits, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("recipe,bits", _cells())
 def test_every_cell_equals_fxquant_quantize_run_alone(swept, tmp_path, recipe, bits):
     _, _, result = swept
     (cell,) = [r for r in result["results"] if (r["recipe"], r["bits"]) == (recipe, bits)]

@@ -16,7 +16,7 @@ from fxquant import config, cpu, pipeline, target, workload
 from fxquant.api import convert
 from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PEERS, PeerInputs
-from fxquant.errors import FxQuantError
+from fxquant.errors import ExportMismatch, FxQuantError
 from fxquant.evaluate import top1
 from fxquant.lowering import saturation
 from fxquant.lowering.export import export_onnx
@@ -50,6 +50,16 @@ def error_line(e: BaseException) -> str:
     return text[:300]
 
 
+def export_scored(qmodel, path: Path, example, axes=None) -> tuple[Path, str | None]:
+    """Export for a benchmark. A file the export's self-check refuses is still written and scored,
+    and the refusal is returned for the table: the onnxruntime number is then of a file
+    `export_onnx` would not hand a user without verify=False."""
+    try:
+        return export_onnx(qmodel, path, example, axes), None
+    except ExportMismatch as e:
+        return export_onnx(qmodel, path, example, axes, verify=False), f"self-check refused it: {e}"
+
+
 def select_peers(names: list[str] | None, bits: list[str]) -> list:
     """The peers named (all of them for None), in that order, at the bit-widths asked for."""
     known = {p.name for p in PEERS}
@@ -74,7 +84,9 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
     if not onnx:
         return row
     try:
-        path = export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", example)
+        path, refusal = export_scored(qmodel, tmp / f"{recipe}_{bits}.onnx", example)
+        if refusal:
+            row["onnx_check"] = refusal
         row["gemms_saturating_without_vnni"] = len(saturation.saturating(path))
         row["onnx_top1"] = top1(OnnxModule(path), work.test, f"{recipe} {bits} (onnxruntime)")
     except Exception as e:
@@ -83,7 +95,7 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
 
 
 def _peer_row(peer, inputs: PeerInputs, work: workload.Workload) -> dict:
-    row = {"name": peer.name, "bits": peer.bits}
+    row = {"name": peer.name, "bits": peer.bits, "runtime": peer.runtime}
     try:
         start = time.perf_counter()
         model = peer.build(inputs)
@@ -141,12 +153,12 @@ def markdown(r: dict) -> str:
         seconds.append(f"| {recipe} | " + " | ".join(
             str(cells[b]["convert_seconds"]) if b in cells else "n/a" for b in bits) + " |")
         errors += [f"- fxquant {recipe} {b}: {cells[b][k]}" for b in bits if b in cells
-                   for k in ("error", "onnx_error") if k in cells[b]]
+                   for k in ("error", "onnx_error", "onnx_check") if k in cells[b]]
     for name in dict.fromkeys(p["name"] for p in r["peers"]):
         cells = {p["bits"]: p for p in r["peers"] if p["name"] == name}
         values = [("error" if "error" in cells[b] else _pct(cells[b]["top1"])) if b in cells
                   else "n/a" for b in bits]
-        runtime = "PyTorch" if name.startswith("torch") else "onnxruntime"
+        runtime = next(iter(cells.values()))["runtime"]
         rows.append(f"| peer | {name} | {runtime} | " + " | ".join(values) + " |")
         errors += [f"- {name} {b}: {cells[b]['error']}" for b in bits
                    if b in cells and "error" in cells[b]]

@@ -3,10 +3,11 @@
 Score: Spearman x100 between the gold similarity and the cosine of the two sentence embeddings
 (mean over non-padding tokens of the last hidden state, L2-normalised, at most 64 tokens), on
 the 1,379 test pairs of `../shared/data/stsb`. Every recipe x bit-width is scored in PyTorch and,
-exported with `export_onnx`, in onnxruntime; the peers (bench.peers) quantize the FP32 ONNX with
-the same calibration sentences. fxquant's exports leave the batch and sequence axes free; the FP32
-ONNX the peers start from fixes the sequence length, so those runs get inputs padded to 64 tokens
-(padding is masked: the score does not depend on it).
+exported with `export_onnx`, in onnxruntime (a file the export's self-check refuses is scored
+all the same, and the table says it was refused); the peers (bench.peers) quantize the FP32 model
+or its ONNX with the same calibration sentences. fxquant's exports leave the batch and sequence
+axes free; the FP32 ONNX the peers start from fixes the sequence length, so those runs get inputs
+padded to 64 tokens (padding is masked: the score does not depend on it).
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from fxquant.bench import accuracy
 from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PeerInputs
 from fxquant.errors import FxQuantError
-from fxquant.lowering.export import export_onnx
 from fxquant.lowering.runtime import OnnxModule
 
 try:  # the `text` extra
@@ -40,8 +40,9 @@ except ImportError as e:
 
 STSB = Path(__file__).resolve().parents[3] / "shared" / "data" / "stsb"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-BITS = ("w8a8", "w6a6", "w4a8", "w4a4")
-PEERS = ("ort-dynamic", "ort-static-minmax", "nncf")
+BITS = ("w8a8", "w6a6", "w4a8", "w4a4", "w3a3")
+PEERS = ("ort-dynamic", "ort-static-minmax", "ort-static-entropy", "ort-static-percentile",
+         "ort-static-minmax-rr", "nncf", "nncf-torch", "torchao-pt2e-x86", "quark-minmse-sq")
 MAX_LENGTH = 64
 TEXT_AXES = {0: "batch", 1: "sequence"}  # of every input: token ids, attention mask, token types
 
@@ -156,8 +157,11 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
         return row
     if not args.no_onnx:
         try:
-            session = OnnxModule(export_onnx(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0],
-                                             TEXT_AXES))
+            path, refusal = accuracy.export_scored(qmodel, tmp / f"{recipe}_{bits}.onnx", calib[0],
+                                                   TEXT_AXES)
+            if refusal:
+                row["onnx_check"] = refusal
+            session = OnnxModule(path)
             row["onnx"] = score(session, tokenizer, data, args.batch_size,
                                 desc=f"{recipe} {bits} (onnxruntime)")
             probe = batches(tokenizer, data.sentences[-args.batch_size:], args.batch_size)
@@ -168,7 +172,7 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
 
 
 def _peer_row(peer, inputs: PeerInputs, tokenizer, data, batch_size: int) -> dict:
-    row = {"name": peer.name, "bits": peer.bits}
+    row = {"name": peer.name, "bits": peer.bits, "runtime": peer.runtime}
     try:
         start = time.perf_counter()
         model = peer.build(inputs)

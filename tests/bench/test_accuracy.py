@@ -29,7 +29,7 @@ def test_bench_accuracy_lists_recipes_peers_and_failures(capsys, monkeypatch):
     assert abs(row["onnx_top1"] - row["torch_top1"]) <= 2 / 64
     dynamic, broken = result["peers"]
     assert dynamic["name"] == "ort-dynamic" and abs(dynamic["top1"] - result["fp32_top1"]) <= 3 / 64
-    assert broken == {"name": "broken", "bits": "w8a8",
+    assert broken == {"name": "broken", "bits": "w8a8", "runtime": "onnxruntime",
                       "error": "RuntimeError: this peer cannot quantize"}
     assert "| fxquant | minmax | onnxruntime |" in out and "- broken w8a8: RuntimeError" in out
 

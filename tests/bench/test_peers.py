@@ -4,11 +4,13 @@ import torch
 from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PEERS, PeerInputs
 
-PEER_NEEDS = {"nncf": "nncf"}
+PEER_NEEDS = {"nncf": "nncf", "nncf-torch": "nncf", "torchao-pt2e-x86": "torchao",
+              "quark-minmse-sq": "quark"}
 # One of each builder (the other onnxruntime static entries differ only in method and bits).
 FAST = {("ort-static-minmax", "w8a8"), ("ort-static-entropy", "w4a4"),
         ("ort-static-minmax-allops", "w8a8"), ("ort-dynamic", "w8a8"), ("nncf", "w8a8"),
-        ("torch-ao-fx-x86", "w8a8")}
+        ("nncf-torch", "w8a8"), ("torchao-pt2e-x86", "w8a8"), ("torch-ao-fx-x86", "w8a8"),
+        ("quark-minmse-sq", "w8a8")}
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_table_has_a_row_per_recipe_runtime_and_peer():
     result = {"model": "m", "pairs": 2, "calib_sentences": 4, "attn": "eager", "fp32": 82.0,
               "results": [{"recipe": "minmax", "bits": b, "torch": 80.0, "onnx": 79.5,
                            "convert_seconds": 1.0} for b in ("w8a8", "w4a4")],
-              "peers": [{"name": "ort-dynamic", "bits": "w8a8", "onnx": 81.0, "convert_seconds": 2.0}]}
+              "peers": [{"name": "ort-dynamic", "bits": "w8a8", "runtime": "onnxruntime", "onnx": 81.0, "convert_seconds": 2.0}]}
     table = stsb.markdown(result)
     assert "| fxquant | minmax | onnxruntime | 79.50 | 79.50 |" in table
     assert "| peer | ort-dynamic | onnxruntime | 81.00 | n/a |" in table

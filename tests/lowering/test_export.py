@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fxquant
-from fxquant import FxQuantError, config
+from fxquant import ExportMismatch, FxQuantError, config
 from fxquant.lowering import export
 from fxquant.lowering.parity import agreement
 from fxquant.lowering.runtime import OnnxModule, session
@@ -19,12 +19,30 @@ N_LINEARS = 25            # 4 per block x 6 blocks + head
 N_ATTENTION_MATMULS = 12  # q k^T and attn v per block
 
 
-@pytest.fixture(scope="module", params=["w8a8", "w4a4"])
-def exported(request, ref, calib_loader, tmp_path_factory):
-    qmodel = fxquant.convert(ref.model, calib_loader, "minmax", request.param)
-    path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
-    fxquant.export_onnx(qmodel, path, torch.randn(1, 3, 32, 32))
-    return request.param, qmodel, path
+@pytest.fixture(scope="module")
+def exports(ref, calib_loader, tmp_path_factory):
+    """(bits, quantized model, its ONNX file) for a bit-width, made once in this module."""
+    made = {}
+
+    def export_once(bits: str):
+        if bits not in made:
+            qmodel = fxquant.convert(ref.model, calib_loader, "minmax", bits)
+            path = tmp_path_factory.mktemp("onnx") / f"{bits}.onnx"
+            fxquant.export_onnx(qmodel, path, torch.randn(1, 3, 32, 32))
+            made[bits] = bits, qmodel, path
+        return made[bits]
+    return export_once
+
+
+@pytest.fixture(params=["w8a8", "w4a4"])
+def exported(request, exports):
+    return exports(request.param)
+
+
+@pytest.fixture
+def exported_w8a8(exports):
+    """For what one bit-width shows (refusals, file handling)."""
+    return exports("w8a8")
 
 
 def test_onnx_agrees_with_the_quantized_model(exported, test_loader):
@@ -80,10 +98,8 @@ def test_batch_axis_is_dynamic(exported):
     assert OnnxModule(path)(x).shape == (5, 10)
 
 
-def test_4bit_weights_are_stored_as_4_bits(exported, ref, tmp_path):
-    bits, _, path = exported
-    if bits != "w4a4":
-        pytest.skip("4-bit storage only")
+def test_4bit_weights_are_stored_as_4_bits(exports, ref):
+    _, _, path = exports("w4a4")
     n_params = sum(p.numel() for p in ref.model.parameters())
     assert os.path.getsize(path) < 0.16 * 4 * n_params
 
@@ -94,23 +110,23 @@ def test_uncalibrated_model_is_refused(ref, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_missing_directory_is_refused(exported, tmp_path):
+def test_missing_directory_is_refused(exported_w8a8, tmp_path):
     with pytest.raises(FxQuantError, match="does not exist"):
-        fxquant.export_onnx(exported[1], tmp_path / "no" / "m.onnx", torch.randn(1, 3, 32, 32))
+        fxquant.export_onnx(exported_w8a8[1], tmp_path / "no" / "m.onnx", torch.randn(1, 3, 32, 32))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_directory_is_refused(exported, tmp_path):
+def test_unwritable_directory_is_refused(exported_w8a8, tmp_path):
     tmp_path.chmod(0o500)
     try:
         with pytest.raises(FxQuantError, match="not writable"):
-            fxquant.export_onnx(exported[1], tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+            fxquant.export_onnx(exported_w8a8[1], tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
     finally:
         tmp_path.chmod(0o700)
 
 
-def test_wrong_example_shape_or_nan_leaves_nothing(exported, tmp_path):
-    qmodel = exported[1]
+def test_wrong_example_shape_or_nan_leaves_nothing(exported_w8a8, tmp_path):
+    qmodel = exported_w8a8[1]
     with pytest.raises(FxQuantError, match="shape"):
         fxquant.export_onnx(qmodel, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
     nan = torch.full((1, 3, 32, 32), float("nan"))
@@ -126,18 +142,29 @@ def _corrupt_one_weight_scale(model):
     return model
 
 
-def test_a_file_that_disagrees_with_pytorch_is_refused(exported, tmp_path, monkeypatch):
-    if exported[0] != "w8a8":
-        pytest.skip("one bit-width shows it")
+def test_a_file_that_disagrees_with_pytorch_is_refused(exported_w8a8, tmp_path, monkeypatch):
     optimize = export.optimize_for_onnxruntime
     monkeypatch.setattr(export, "optimize_for_onnxruntime",
                         lambda m: _corrupt_one_weight_scale(optimize(m)))
     x = torch.randn(4, 3, 32, 32)
-    with pytest.raises(FxQuantError, match=r"disagrees with fxquant's PyTorch numerics .* relative error"):
-        fxquant.export_onnx(exported[1], tmp_path / "m.onnx", x)
+    with pytest.raises(ExportMismatch, match=r"disagrees with fxquant's PyTorch numerics .* relative "
+                                             r"error .* 4 of 4 samples are off \(worst"):
+        fxquant.export_onnx(exported_w8a8[1], tmp_path / "m.onnx", x)
     assert list(tmp_path.iterdir()) == []
-    fxquant.export_onnx(exported[1], tmp_path / "m.onnx", x, verify=False)  # the caller opts out
+    fxquant.export_onnx(exported_w8a8[1], tmp_path / "m.onnx", x, verify=False)  # the caller opts out
     assert (tmp_path / "m.onnx").exists()
+
+
+def test_a_refusal_says_how_many_samples_are_off():
+    """A few samples far off and the rest exact (low-bit code flips amplified) reads differently
+    from every sample off (a wrong graph)."""
+    reference = {"logits": torch.ones(4, 3), "tokens": torch.ones(4, 2, 5)}
+    produced = [torch.ones(4, 3), torch.ones(4, 2, 5)]
+    produced[0][2] = 3.0
+    assert export.sample_errors(reference, produced).tolist() == pytest.approx([0, 0, 2 * 3 ** .5 / 13 ** .5, 0])
+    with pytest.raises(ExportMismatch, match=r"1 of 4 samples are off \(worst 0.961\); the other 3 agree to 0.0e\+00") as refused:
+        export._check_numerics(lambda x: produced, torch.zeros(4, 1), reference, 0.05)
+    assert refused.value.error == pytest.approx(float(torch.tensor(12 / 52).sqrt()))
 
 
 def test_the_export_agrees_within_its_tolerance_on_other_inputs(exported):
@@ -147,20 +174,18 @@ def test_the_export_agrees_within_its_tolerance_on_other_inputs(exported):
     assert error <= qmodel.config.export_tolerance
 
 
-def test_a_one_image_example_leaves_the_batch_axis_free(exported, tmp_path):
-    _, qmodel, _ = exported
+def test_a_one_image_example_leaves_the_batch_axis_free(exported_w8a8, tmp_path):
+    _, qmodel, _ = exported_w8a8
     path = fxquant.export_onnx(qmodel, tmp_path / "one.onnx", torch.randn(1, 3, 32, 32))
     x = torch.randn(3, 3, 32, 32)
     assert OnnxModule(path)(x).shape == (3, 10)
 
 
-def test_initializers_past_the_protobuf_limit_go_to_a_data_file_that_loads(exported, tmp_path,
+def test_initializers_past_the_protobuf_limit_go_to_a_data_file_that_loads(exported_w8a8, tmp_path,
                                                                             monkeypatch):
     """A model over 2 GiB keeps its initializers in <file>.data (shown with the limit at 0 bytes):
     the self-check passes on it, both files land in place together, and onnxruntime reads them."""
-    bits, qmodel, single = exported
-    if bits != "w8a8":
-        pytest.skip("one bit-width shows it")
+    bits, qmodel, single = exported_w8a8
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     x = torch.randn(4, 3, 32, 32)
     path = fxquant.export_onnx(qmodel, tmp_path / "big.onnx", x)
