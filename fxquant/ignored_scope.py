@@ -57,7 +57,7 @@ class IgnoredScope:
 
     def matches(self, gm: fx.GraphModule, node: fx.Node) -> list[str]:
         """The entries ("name 'blocks.0'", "type 'Mlp'", ...) that keep `node` float."""
-        paths = [path for path, _ in patterns.scope(node)]
+        paths = patterns.scope_paths(node)
         classes = {c.__name__ for _, kind in patterns.scope(node) for c in kind.__mro__} | {
             patterns.product_kind(gm, node)}  # "Linear" covers its subclasses too
         return ([f"name {name!r}" for name in self.names if name in paths]

@@ -94,6 +94,11 @@ def scope(node: fx.Node) -> tuple[tuple[str, type], ...]:
     return tuple(node.meta.get("nn_module_stack", {}).values())
 
 
+def scope_paths(node: fx.Node) -> list[str]:
+    """The module paths of `scope(node)`, outermost first."""
+    return [path for path, _ in scope(node)]
+
+
 def is_layout(node: fx.Node) -> bool:
     """Ops that only move values: the path LN -> Linear may pass through any number of them."""
     if node.op == "call_method":

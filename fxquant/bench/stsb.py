@@ -2,7 +2,7 @@
 
 Score: Spearman x100 between the gold similarity and the cosine of the two sentence embeddings
 (mean over non-padding tokens of the last hidden state, L2-normalised, at most 64 tokens), on
-the 1,379 test pairs of `../shared/data/stsb`. Every recipe x bit-width is scored in PyTorch and,
+the 1,379 test pairs of `../shared/data/stsb` (or the 1,500 dev pairs, where choices are made). Every recipe x bit-width is scored in PyTorch and,
 exported with `export_onnx`, in onnxruntime (a file the export's self-check refuses is scored
 all the same, and the table says it was refused); the peers (bench.peers) quantize the FP32 model
 or its ONNX with the same calibration sentences. fxquant's exports leave the batch and sequence
@@ -132,7 +132,9 @@ def score(model, tokenizer, data: EvalSet, batch_size: int, pad_to_max: bool = F
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(STSB), help="folder with stsb-en-{train,test}.csv")
     p.add_argument("--calib", type=int, default=256, help="calibration sentences from the train split")
-    p.add_argument("--pairs", type=int, default=None, help="test pairs to score (default: all 1,379)")
+    p.add_argument("--split", default="test", choices=("test", "dev"),
+                   help="the pairs scored: choose recipes and options on dev, report test")
+    p.add_argument("--pairs", type=int, default=None, help="pairs to score (default: all)")
     p.add_argument("--recipes", nargs="+", default=None,
                    help="recipes to run (default: every recipe fxquant has)")
     p.add_argument("--bits", nargs="+", default=list(BITS), help="bit-widths (default: %(default)s)")
@@ -191,12 +193,14 @@ def run(args: argparse.Namespace) -> dict:
         config.parse_bits(bits)
     peers = accuracy.select_peers(args.peers, args.bits) if args.peers else []
     model, tokenizer = load_minilm(args.attn)
-    data = EvalSet.from_pairs(*load_pairs(Path(args.data) / "stsb-en-test.csv", args.pairs), tokenizer)
+    data = EvalSet.from_pairs(*load_pairs(Path(args.data) / f"stsb-en-{args.split}.csv", args.pairs),
+                              tokenizer)
     t1, t2, _ = load_pairs(Path(args.data) / "stsb-en-train.csv", (args.calib + 1) // 2)
     sentences = [s for pair in zip(t1, t2) for s in pair][:args.calib]
     # Padded to 64 tokens: the peers' FP32 ONNX fixes the sequence length.
     calib = batches(tokenizer, sentences, 32, pad_to_max=True)
-    result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(), "pairs": len(data.gold), "calib_sentences": len(sentences),
+    result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(),
+              "split": args.split, "pairs": len(data.gold), "calib_sentences": len(sentences),
               "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -224,7 +228,7 @@ def markdown(r: dict) -> str:
         f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")
     parity = [f"{x['recipe']} {x['bits'].upper()} {x['parity_max_abs']:.2e}"
               for x in r["results"] if "parity_max_abs" in x]
-    return (f"{r['model']} on STS-B test ({r['pairs']} pairs), {r['attn']} attention: Spearman x100 "
+    return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: Spearman x100 "
             f"of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}"
             + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "
                "of the longest test sentences: " + "; ".join(parity) if parity else ""))

@@ -31,7 +31,7 @@ class FloatPart:
 
 
 def _name(node: fx.Node) -> str:
-    paths = [path for path, _ in patterns.scope(node)]
+    paths = patterns.scope_paths(node)
     return paths[-1] if paths else node.name
 
 

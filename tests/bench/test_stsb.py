@@ -40,13 +40,18 @@ def test_missing_or_malformed_data_is_refused(tmp_path):
 
 
 def test_table_has_a_row_per_recipe_runtime_and_peer():
-    result = {"model": "m", "pairs": 2, "calib_sentences": 4, "attn": "eager", "fp32": 82.0,
+    refused = {"onnx_check": "self-check refused it: 1 of 4 samples are off"}
+    result = {"model": "m", "split": "dev", "pairs": 2, "calib_sentences": 4, "attn": "eager",
+              "fp32": 82.0,
               "results": [{"recipe": "minmax", "bits": b, "torch": 80.0, "onnx": 79.5,
-                           "convert_seconds": 1.0} for b in ("w8a8", "w4a4")],
+                           "convert_seconds": 1.0, **(refused if b == "w4a4" else {})}
+                          for b in ("w8a8", "w4a4")],
               "peers": [{"name": "ort-dynamic", "bits": "w8a8", "runtime": "onnxruntime", "onnx": 81.0, "convert_seconds": 2.0}]}
     table = stsb.markdown(result)
     assert "| fxquant | minmax | onnxruntime | 79.50 | 79.50 |" in table
     assert "| peer | ort-dynamic | onnxruntime | 81.00 | n/a |" in table
+    assert table.startswith("m on STS-B dev (2 pairs)")
+    assert "- fxquant minmax w4a4: self-check refused it: 1 of 4 samples are off" in table
 
 
 def test_cli_has_the_subcommand():
