@@ -4,6 +4,9 @@ Block i holds the nodes after cut i-1 up to cut i, where the cuts are every k-th
 (`patterns.residual_adds`) and the last block ends at the graph output. `block_module` turns a
 block into a GraphModule (sharing the parent's buffers) whose inputs are the values the block
 reads from before it (graph inputs included) and whose outputs are the values read after it;
+Values the graph computes from its inputs by functions alone (sizes, padding masks) do not cross
+cuts: each block that reads one recomputes it from the graph inputs, so a block runs on any
+subset of samples (reconstruction's random minibatches).
 `block_computing` is the part of a graph that computes given values; `run_block` runs a block on
 cached calibration tensors, chunk by chunk, and `drop_unneeded` keeps a cache to what the blocks
 still to run read.
@@ -17,7 +20,7 @@ from typing import Iterable, Iterator
 import torch
 import torch.fx as fx
 
-from fxquant import patterns
+from fxquant import annotation, patterns
 from fxquant.errors import FxQuantError
 
 
@@ -43,14 +46,43 @@ def split_blocks(gm: fx.GraphModule, adds_per_block: int = 1) -> list[Block]:
             current = []
     if current:
         groups.append(current)
-    return [_block(group) for group in groups]
+    recomputed = _from_inputs(gm)
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    return [_block(_with_recomputed(group, recomputed, order), recomputed) for group in groups]
 
 
-def _block(nodes: list[fx.Node]) -> Block:
+def _from_inputs(gm: fx.GraphModule) -> set[fx.Node]:
+    """The values computed from graph inputs and constants by functions alone, no module and no
+    quantizer on the way (an input's size, a padding mask made from the attention mask)."""
+    found: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if (node.op in ("call_function", "call_method") and annotation.of(node).role is None
+                and all(a.op in ("placeholder", "get_attr") or a in found
+                        for a in node.all_input_nodes)):
+            found.add(node)
+    return found
+
+
+def _with_recomputed(group: list[fx.Node], recomputed: set[fx.Node],
+                     order: dict[fx.Node, int]) -> list[fx.Node]:
+    """`group` with the recomputed values it reads from earlier blocks (and theirs) put first."""
+    members = set(group)
+    needed: set[fx.Node] = set()
+    stack = [a for n in group for a in n.all_input_nodes if a in recomputed and a not in members]
+    while stack:
+        value = stack.pop()
+        if value not in needed:
+            needed.add(value)
+            stack += [a for a in value.all_input_nodes if a in recomputed and a not in members]
+    return sorted(needed, key=order.__getitem__) + group
+
+
+def _block(nodes: list[fx.Node], recomputed: set[fx.Node] = frozenset()) -> Block:
     members = set(nodes)
     inputs = {a: None for n in nodes for a in n.all_input_nodes
               if a not in members and a.op != "get_attr"}
-    outputs = [n for n in nodes if any(u not in members for u in n.users)]
+    outputs = [n for n in nodes if any(u not in members and (n not in recomputed or u.op == "output")
+                                       for u in n.users)]
     return Block(tuple(nodes), tuple(sorted(inputs, key=_has_default)), tuple(outputs))
 
 

@@ -7,8 +7,10 @@ import torch
 import torch.fx as fx
 from tqdm import tqdm
 
+from fxquant import annotation
 from fxquant.data import batch_inputs, input_tensors
 from fxquant.errors import FxQuantError
+from fxquant.padding import token_mask
 
 
 def model_device(module) -> torch.device:
@@ -41,14 +43,24 @@ def run_batch(module: torch.nn.Module, batch, index: int, what: str = "calibrati
 
 @torch.no_grad()
 def calibrate(gm: fx.GraphModule, loader: Iterable, max_batches: int | None = None) -> int:
-    """Feed the loader through `gm` (observers record); returns the number of batches seen."""
+    """Feed the loader through `gm` (observers record, padding tokens left out); returns the
+    number of batches seen."""
     gm.eval()
+    observers = [gm.get_submodule(n.target) for n in annotation.observer_nodes(gm)]
+    kept_tokens = token_mask(gm) if observers else None
     seen = 0
-    for index, batch in enumerate(tqdm(loader, desc="calibrating", leave=False)):
-        if max_batches is not None and index >= max_batches:
-            break
-        run_batch(gm, batch, index)
-        seen += 1
+    try:
+        for index, batch in enumerate(tqdm(loader, desc="calibrating", leave=False)):
+            if max_batches is not None and index >= max_batches:
+                break
+            keep = kept_tokens(graph_inputs(gm, [batch])) if kept_tokens else None
+            for observer in observers:
+                observer.keep = keep
+            run_batch(gm, batch, index)
+            seen += 1
+    finally:
+        for observer in observers:
+            observer.keep = None
     if seen == 0:
         raise FxQuantError("the calibration loader is empty: give it at least one batch")
     return seen

@@ -55,7 +55,8 @@ def test_float_reference_is_the_float_model():
 
 
 class _ShapeAcross(nn.Module):
-    """A shape (holding the batch size) computed in the first block and read in the second."""
+    """Shapes read across the cut: the input's (recomputed by each block that reads it) and an
+    activation's (holding the batch size: computed in the first block, cached per chunk)."""
 
     def __init__(self, d=8):
         super().__init__()
@@ -63,8 +64,10 @@ class _ShapeAcross(nn.Module):
 
     def forward(self, x):
         shape = x.shape
-        x = x + self.a(x).reshape(shape)
-        return x + self.b(x).reshape(shape[0], -1).reshape(shape)
+        h = self.a(x)
+        inner = h.shape
+        x = x + h.reshape(inner).reshape(shape)
+        return x + self.b(x).reshape(inner[0], -1).reshape(shape)
 
 
 def test_cached_blocks_run_in_chunks_with_per_chunk_shapes():
@@ -78,3 +81,12 @@ def test_cached_blocks_run_in_chunks_with_per_chunk_shapes():
         cache.update(run_block(block_module(gm, block), block, cache, chunk=2))   # chunks 2, 2, 1
     assert any(isinstance(v, PerChunk) and [s[0] for s in v] == [2, 2, 1] for v in cache.values())
     torch.testing.assert_close(cache[blocks[-1].outputs[0].name], model(x))
+
+
+def test_a_value_computed_from_the_inputs_alone_is_recomputed_by_each_block_that_reads_it():
+    """So a block runs on any subset of samples (reconstruction's minibatches)."""
+    gm = trace(_ShapeAcross())
+    first, second = split_blocks(gm)
+    (input_shape,) = [n for n in first.nodes if n.target is getattr and n.args[0].op == "placeholder"]
+    assert input_shape in second.nodes and input_shape not in first.outputs
+    assert [v.op for v in second.inputs if v not in first.outputs] == ["placeholder"]

@@ -16,7 +16,7 @@ LAYERS = [
     {"config"},
     {"observers"},
     {"quantizers"},
-    {"annotation", "attention_mask", "patterns", "blocks", "calibrate", "multihead_attention"},
+    {"annotation", "attention_mask", "patterns", "blocks", "padding", "calibrate", "multihead_attention"},
     {"ignored_scope"},
     {"passes"},
     {"tracing", "quantized_model", "pipeline", "methods"},

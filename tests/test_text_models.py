@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from fxquant import annotation, convert, export_onnx, roles, trace
+from fxquant.calibrate import graph_inputs
 from fxquant.config import resolve
 from fxquant.lowering.runtime import OnnxModule
 from fxquant.lowering.runtime import session as session_of
+from fxquant.padding import token_mask
 from fxquant.passes.annotate_roles import annotate_roles
 from fxquant.patterns import is_layernorm, is_linear, is_softmax, trace_back
 
@@ -112,10 +114,12 @@ def test_minilm_onnx_embeds_a_few_sentences_as_the_quantized_model(recipe, tmp_p
     assert cosine.min() > 0.999
 
 
-def test_block_reconstruction_runs_on_a_bert_whose_inputs_are_keywords():
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_block_reconstruction_runs_on_a_bert_whose_inputs_are_keywords(attn):
     """The calibration batches are dicts keyed by the model's argument names, which the traced
-    graph's placeholders only carry as targets: reconstruction must find them by target."""
-    model, calib = _bert("eager"), [_batch(4, 8) for _ in range(2)]
+    graph's placeholders only carry as targets: reconstruction must find them by target. The
+    padding mask (boolean with sdpa) and the input sizes cross blocks: not activations to fit."""
+    model, calib = _bert(attn), [_batch(4, 8) for _ in range(2)]
     cfg = resolve("dopq-vit", "w8a8")
     qmodel = convert(model, calib, replace(cfg, options={**cfg.options, "recon_iters": 2}))
     assert len(qmodel.meta["recon"]["blocks"]) == LAYERS + 1  # cut after every 2nd residual add
@@ -138,3 +142,36 @@ def test_default_export_keeps_batch_and_sequence_free_from_a_one_sentence_exampl
         with torch.no_grad():
             out = qmodel(**batch)["last_hidden_state"]
         torch.testing.assert_close(session(**batch), out, rtol=0, atol=1e-3)
+
+
+def _token_row_ranges(qmodel) -> dict:
+    """The fitted tensors (scale, zero point) of every quantizer on a (samples, tokens, width)
+    activation: LayerNorm outputs, Linear inputs, GELU outputs."""
+    token_roles = (roles.POST_LAYERNORM, roles.LINEAR_INPUT, roles.POST_GELU)
+    return {arg.target: qmodel.get_buffer(arg.target) for node in qmodel.graph.nodes
+            if annotation.of(node).role in token_roles and node.op == "call_function"
+            for arg in node.args[1:] if isinstance(arg, torch.fx.Node) and arg.op == "get_attr"}
+
+
+def test_padding_tokens_do_not_move_the_ranges_fitted_on_token_rows():
+    """The same sentences calibrate alone and padded with 10 random tokens each: what the
+    padding positions compute is left out, so every range fitted on token rows is the same."""
+    model = _bert("eager")
+    ids = torch.randint(1, 50, (4, 6), generator=torch.Generator().manual_seed(0))
+    pad = torch.randint(1, 50, (4, 10), generator=torch.Generator().manual_seed(1))
+    short = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    padded = {"input_ids": torch.cat([ids, pad], 1),
+              "attention_mask": torch.cat([torch.ones_like(ids), torch.zeros_like(pad)], 1),
+              "token_type_ids": torch.zeros(4, 16, dtype=torch.long)}
+    alone, with_padding = (_token_row_ranges(convert(model, [batch], "minmax", "w8a8", input_names=INPUTS))
+                           for batch in (short, padded))
+    assert alone.keys() == with_padding.keys() and len(alone) >= 4 * LAYERS
+    for name, fitted in alone.items():
+        torch.testing.assert_close(with_padding[name], fitted, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_token_mask_reads_the_attention_mask_the_graph_applies():
+    gm = trace(_bert("eager"), INPUTS, _batch(3, 8))
+    batch = _batch(3, 8)
+    kept = token_mask(gm)(graph_inputs(gm, [batch]))   # graph inputs by placeholder name
+    assert torch.equal(kept, batch["attention_mask"].bool())

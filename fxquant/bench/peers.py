@@ -11,6 +11,7 @@ torch.export captures, for x86 Inductor. The PyTorch peers are scored in PyTorch
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +194,8 @@ def _quark(inputs: PeerInputs) -> OnnxModule:
     config = QConfig(global_config=layer, algo_config=[SmoothQuantConfig(alpha=0.5)],
                      OpTypesToQuantize=FXQUANT_OPS)
     out = inputs.workdir / "quark.onnx"
-    ModelQuantizer(config).quantize_model(str(_preprocessed(inputs)), str(out), _Reader(inputs))
+    with contextlib.chdir(inputs.workdir):  # Quark writes its quantized_info.csv where it runs
+        ModelQuantizer(config).quantize_model(str(_preprocessed(inputs)), str(out), _Reader(inputs))
     return OnnxModule(out)
 
 

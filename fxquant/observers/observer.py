@@ -5,6 +5,9 @@ channel matrix when `per_channel`), which is what the percentile and MSE searche
 is bounded whatever the number of batches: once the kept rows exceed the budget they are resampled
 at once from the union, each kept row weighted by the rows it stands for, so every batch counts as
 much as in one sample drawn at the end (for one or two batches it is that very draw).
+While `keep` holds a (samples, tokens) mask (calibration sets it per batch from the graph's
+padding masks, `fxquant/padding.py`), a (samples, tokens, ...) tensor is observed at the kept
+tokens only; attention's 4-D tensors are observed whole.
 """
 from __future__ import annotations
 
@@ -12,6 +15,14 @@ import torch
 from torch import nn
 
 from fxquant.errors import FxQuantError
+
+
+def token_rows(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """`x` (samples, tokens, ...) at the tokens `keep` (samples, tokens) marks: (kept, ...); `x`
+    itself when there is no mask or its first two axes are not the mask's."""
+    if keep is None or x.ndim < 3 or x.shape[:2] != keep.shape:
+        return x
+    return x[keep.to(x.device)]
 
 
 class Observer(nn.Module):
@@ -26,12 +37,13 @@ class Observer(nn.Module):
         self._stands_for = 0  # rows seen (after each batch's own subsample) that _kept represents
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
+        self.keep: torch.Tensor | None = None   # tokens of the current batch to observe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(x).all():
             raise FxQuantError(f"non-finite values (NaN/Inf) reach the {self.role} quantizer "
                                "during calibration: check the calibration data")
-        values = x.detach().float()
+        values = token_rows(x.detach(), self.keep).float()
         values = values.reshape(-1, values.shape[-1]) if self.per_channel else values.reshape(-1)
         lo, hi = (values.amin(0), values.amax(0)) if self.per_channel else (values.min(), values.max())
         self.min = lo if self.min is None else torch.minimum(self.min, lo)

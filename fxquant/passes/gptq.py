@@ -14,7 +14,7 @@ already-rounded quantized model produces (sequential GPTQ): the graph is cut at 
 (`blocks.split_blocks`), each block's inputs are cached for the calibration set, and a layer's
 H is accumulated chunk by chunk from a run of its block up to the layer's input (one H in memory).
 Layers that read the same value share one H. With gptq_skip_padding, rows of padding tokens (keys
-every attention padding mask of the graph drops, `patterns.attention_mask_add`) are left out of H:
+every attention padding mask of the graph drops, `fxquant/padding.py`) are left out of H:
 no other token reads them, so their error does not count. Only the integer codes change: scales, zero points,
 code ranges and the graph stay, so the export is the same QDQ graph. The float weight in the
 annotation stays the float model's (float_reference and other refinements read it).
@@ -32,13 +32,15 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fxquant import annotation, patterns
-from fxquant.blocks import (CHUNK, Block, block_chunks, block_computing, block_module, drop_unneeded,
+from fxquant import annotation
+from fxquant.blocks import (CHUNK, Block, block_chunks, block_module, drop_unneeded,
                             run_block, split_blocks)
 from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
+from fxquant.observers.observer import token_rows
 from fxquant.options import BOOL, NON_NEGATIVE, POSITIVE_INT, Options, option
+from fxquant.padding import token_mask
 from fxquant.passes.contract import graph_pass, quantized
 from fxquant.quantizers.uniform import broadcast_shape, dequantize
 
@@ -123,24 +125,6 @@ def _roundable(node: fx.Node) -> bool:
             and dq.target is dequantize.overload)
 
 
-def _kept_tokens(gm: fx.GraphModule, cache: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """(samples, tokens), True where a token is a key every attention padding mask keeps (a float
-    mask adds 0 there, a boolean one is True); None when the graph has no per-sample mask."""
-    masks = list(dict.fromkeys(found[1] for n in gm.graph.nodes
-                               if (found := patterns.attention_mask_add(gm, n)) is not None))
-    if not masks:
-        return None
-    part = block_computing(gm, masks)
-    kept = None
-    for value in run_block(block_module(gm, part), part, cache).values():
-        keep = value if value.dtype == torch.bool else value == 0
-        if keep.ndim < 2 or len(keep) != len(next(iter(cache.values()))):
-            continue   # one mask for every sample (causal): no padding to tell
-        keep = keep.reshape(len(keep), -1, keep.shape[-1]).any(1)
-        kept = keep if kept is None else kept & keep
-    return kept
-
-
 def _hessian(gm: fx.GraphModule, block: Block, node: fx.Node, cache, kept) -> torch.Tensor:
     """Mean of x xᵀ over the rows of `node`'s input, from its block run on the cached inputs
     (rows of tokens `kept` drops left out)."""
@@ -150,9 +134,8 @@ def _hessian(gm: fx.GraphModule, block: Block, node: fx.Node, cache, kept) -> to
     module.recompile()
     h, n = None, 0
     for start, (x,) in zip(itertools.count(0, CHUNK), block_chunks(module, part, cache)):
-        keep = None if kept is None else kept[start:start + len(x)]
-        if keep is not None and node.target is F.linear and x.shape[:2] == keep.shape:
-            x = x[keep]
+        if kept is not None and node.target is F.linear:
+            x = token_rows(x, kept[start:start + len(x)])
         rows = _rows(node, x).double()
         h = rows.T @ rows if h is None else h.addmm_(rows.T, rows)
         n += len(rows)
@@ -181,7 +164,8 @@ def gptq(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable) -> fx.
     blocks = split_blocks(gm)
     layers = [[n for n in b.nodes if _roundable(n)] for b in blocks]
     cache = graph_inputs(gm, calib_loader)
-    kept = _kept_tokens(gm, cache) if opts.gptq_skip_padding else None
+    kept_tokens = token_mask(gm) if opts.gptq_skip_padding else None
+    kept = kept_tokens(cache) if kept_tokens else None
     stats = []
     bar = tqdm(total=sum(map(len, layers)), desc="gptq", leave=False)
     for i, (block, weighted) in enumerate(zip(blocks, layers)):

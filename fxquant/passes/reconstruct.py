@@ -253,7 +253,8 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts:
         idx = torch.randint(total, (opts.recon_batch_size,), generator=block.drop.generator)
         feed = {n: block.drop.mix(q_cache[n][idx], f_cache[n][idx]) for n in inputs}
         outs = block.module(**feed)
-        rec = sum(_lp_loss(o, targets[name][idx]) for o, name in zip(outs, outputs))
+        rec = sum(_lp_loss(o, targets[name][idx]) for o, name in zip(outs, outputs)
+                  if isinstance(o, torch.Tensor) and o.is_floating_point())  # not masks or sizes
         loss = rec
         if progress >= warmup and roundings:
             beta = _beta(progress, warmup)
