@@ -4,9 +4,9 @@ Block i holds the nodes after cut i-1 up to cut i, where the cuts are every k-th
 (`patterns.residual_adds`) and the last block ends at the graph output. `block_module` turns a
 block into a GraphModule (sharing the parent's buffers) whose inputs are the values the block
 reads from before it (graph inputs included) and whose outputs are the values read after it;
-Values the graph computes from its inputs by functions alone (sizes, padding masks) do not cross
-cuts: each block that reads one recomputes it from the graph inputs, so a block runs on any
-subset of samples (reconstruction's random minibatches).
+Values the graph computes by functions alone from its inputs or from values' metadata (sizes,
+padding masks, shapes) do not cross cuts: each block that reads one computes it again, so a block
+runs on any subset of samples (reconstruction's random minibatches).
 `block_computing` is the part of a graph that computes given values; `run_block` runs a block on
 cached calibration tensors, chunk by chunk, and `drop_unneeded` keeps a cache to what the blocks
 still to run read.
@@ -46,19 +46,23 @@ def split_blocks(gm: fx.GraphModule, adds_per_block: int = 1) -> list[Block]:
             current = []
     if current:
         groups.append(current)
-    recomputed = _from_inputs(gm)
+    recomputed = _recomputable(gm)
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    return [_block(_with_recomputed(group, recomputed, order), recomputed) for group in groups]
+    groups = [_with_recomputed(group, recomputed, order) for group in groups]
+    later = [set().union(*groups[i + 1:]) for i in range(len(groups))]
+    return [_block(group, recomputed, after) for group, after in zip(groups, later)]
 
 
-def _from_inputs(gm: fx.GraphModule) -> set[fx.Node]:
-    """The values computed from graph inputs and constants by functions alone, no module and no
-    quantizer on the way (an input's size, a padding mask made from the attention mask)."""
+def _recomputable(gm: fx.GraphModule) -> set[fx.Node]:
+    """The values a block can compute again from what it holds: made by functions alone (no
+    module, no quantizer) from graph inputs, constants or the metadata of any value (an input's
+    size, a padding mask, an activation's shape holding the batch size)."""
     found: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if (node.op in ("call_function", "call_method") and annotation.of(node).role is None
-                and all(a.op in ("placeholder", "get_attr") or a in found
-                        for a in node.all_input_nodes)):
+                and (patterns.reads_only_metadata(node)
+                     or all(a.op in ("placeholder", "get_attr") or a in found
+                            for a in node.all_input_nodes))):
             found.add(node)
     return found
 
@@ -77,12 +81,15 @@ def _with_recomputed(group: list[fx.Node], recomputed: set[fx.Node],
     return sorted(needed, key=order.__getitem__) + group
 
 
-def _block(nodes: list[fx.Node], recomputed: set[fx.Node] = frozenset()) -> Block:
+def _block(nodes: list[fx.Node], recomputed: set[fx.Node] = frozenset(),
+           later: set[fx.Node] = frozenset()) -> Block:
+    """`nodes` as a block: its outputs are the values read after it (by a later block, its
+    recomputed values included, or the graph output) that later blocks do not compute again."""
     members = set(nodes)
     inputs = {a: None for n in nodes for a in n.all_input_nodes
               if a not in members and a.op != "get_attr"}
-    outputs = [n for n in nodes if any(u not in members and (n not in recomputed or u.op == "output")
-                                       for u in n.users)]
+    outputs = [n for n in nodes if any(u.op == "output" for u in n.users) or (
+        n not in recomputed and any(u not in members or u in later for u in n.users))]
     return Block(tuple(nodes), tuple(sorted(inputs, key=_has_default)), tuple(outputs))
 
 

@@ -288,16 +288,20 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
     reference = float_reference(gm)
     k = opts.recon_adds_per_block
     q_blocks, f_blocks = split_blocks(gm, k), split_blocks(reference, k)
-    if [len(b.outputs) for b in q_blocks] != [len(b.outputs) for b in f_blocks]:
+    if [(len(b.inputs), len(b.outputs)) for b in q_blocks] != \
+            [(len(b.inputs), len(b.outputs)) for b in f_blocks]:
         raise FxQuantError("the quantized graph and its float reference split into different blocks")
     q_cache = graph_inputs(gm, calib_loader)
-    f_cache = dict(q_cache)
+    f_cache = dict(q_cache)   # float values under the quantized graph's names (a quantizer's
+    #                           output there is its input in the reference: same place, other name)
     drop = _Dropper(opts.recon_drop_prob, torch.Generator().manual_seed(opts.recon_seed))
     budget = opts.recon_max_seconds
     stats = []
     bar = tqdm(total=len(q_blocks) * opts.recon_iters, desc="reconstructing", leave=False)
     for i, (qb, fb) in enumerate(zip(q_blocks, f_blocks)):
-        targets = run_block(block_module(reference, fb), fb, f_cache)
+        floats = {f.name: f_cache[q.name] for q, f in zip(qb.inputs, fb.inputs) if q.name in f_cache}
+        targets = run_block(block_module(reference, fb), fb, floats)
+        targets = {q.name: targets[f.name] for q, f in zip(qb.outputs, fb.outputs)}
         block = _TrainableBlock(block_module(gm, qb), drop)
         if block.roundings or block.steps:
             seconds = None if budget is None else \

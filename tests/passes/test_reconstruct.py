@@ -89,3 +89,25 @@ def test_unknown_option_is_refused():
     _, calib, cfg, qmodel = _setup()
     with pytest.raises(FxQuantError, match="unknown option 'recon_iterations': did you mean 'recon_iters'"):
         reconstruct(qmodel, replace(cfg, options={**cfg.options, "recon_iterations": 5}), calib)
+
+
+class _QuantizedAcross(nn.Module):
+    """A GELU output quantized once and read on both sides of a residual cut: the quantizer's
+    output crosses it, while in the float reference its input does."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        g = nn.functional.gelu(self.a(x))
+        y = x + self.b(g)
+        return y + self.c(g)
+
+
+def test_a_quantized_value_read_across_a_cut_is_matched_to_its_float_value():
+    torch.manual_seed(0)
+    model, calib = _QuantizedAcross(), [torch.randn(16, 6, 16) for _ in range(2)]
+    cfg = replace(config.resolve("minmax", "w3a4"), options={"recon_iters": 3, "recon_adds_per_block": 1})
+    qmodel = reconstruct(fxquant.convert(model, calib, cfg), cfg, calib)
+    assert [b["iters"] for b in qmodel.meta["recon"]["blocks"]] == [3, 3]
