@@ -3,7 +3,7 @@
 Block i holds the nodes after cut i-1 up to cut i, where the cuts are every k-th residual add
 (`patterns.residual_adds`) and the last block ends at the graph output. `block_module` turns a
 block into a GraphModule (sharing the parent's buffers) whose inputs are the values the block
-reads from before it (graph inputs included) and whose outputs are the values read after it;
+reads from before it (graph inputs included) and whose outputs are the values read after it.
 Values the graph computes by functions alone from its inputs or from values' metadata (sizes,
 padding masks, shapes) do not cross cuts: each block that reads one computes it again, so a block
 runs on any subset of samples (reconstruction's random minibatches).
