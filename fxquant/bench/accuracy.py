@@ -11,6 +11,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from fxquant import config, cpu, pipeline, target, workload
 from fxquant.api import convert
@@ -94,13 +95,15 @@ def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, exam
     return row
 
 
-def _peer_row(peer, inputs: PeerInputs, work: workload.Workload) -> dict:
+def peer_row(peer, inputs: PeerInputs, key: str, score: Callable[[Callable], float]) -> dict:
+    """One peer built and scored (`row[key] = score(model)`), with its convert time; a failure
+    is a row with the error (both benchmarks' peer rows)."""
     row = {"name": peer.name, "bits": peer.bits, "runtime": peer.runtime}
     try:
         start = time.perf_counter()
         model = peer.build(inputs)
         row["convert_seconds"] = round(time.perf_counter() - start, 2)
-        row["top1"] = top1(model, work.test, f"{peer.name} {peer.bits}")
+        row[key] = score(model)
         if isinstance(model, OnnxModule):  # what a CPU without VNNI would get wrong in that file
             row["gemms_saturating_without_vnni"] = len(saturation.saturating(model.path))
     except Exception as e:
@@ -130,7 +133,9 @@ def run(args: argparse.Namespace) -> dict:
         result["results"] = [_recipe_row(work, r, b, tmp, example, not args.no_onnx, args.target)
                              for r in recipes for b in args.bits]
         inputs = PeerInputs(work.loaded.model, fp32, [batch[0] for batch in work.calib], tmp)
-        result["peers"] = [_peer_row(p, inputs, work) for p in peers]
+        result["peers"] = [peer_row(p, inputs, "top1",
+                                    lambda m, p=p: top1(m, work.test, f"{p.name} {p.bits}"))
+                           for p in peers]
     return result
 
 

@@ -2,9 +2,9 @@
 
 Score: Spearman x100 between the gold similarity and the cosine of the two sentence embeddings
 (mean over non-padding tokens of the last hidden state, L2-normalised, at most 64 tokens), on
-the 1,379 test pairs of `../shared/data/stsb` (or the 1,500 dev pairs, where choices are made). Every recipe x bit-width is scored in PyTorch and,
-exported with `export_onnx`, in onnxruntime (a file the export's self-check refuses is scored
-all the same, and the table says it was refused); the peers (bench.peers) quantize the FP32 model
+the 1,379 test pairs of `../shared/data/stsb` (or the 1,500 dev pairs, where choices are made).
+Every recipe x bit-width is scored in PyTorch and, exported with `export_onnx`, in onnxruntime (a
+file the export's self-check refuses is scored all the same, and the table says it was refused); the peers (bench.peers) quantize the FP32 model
 or its ONNX with the same calibration sentences. fxquant's exports leave the batch and sequence
 axes free; the FP32 ONNX the peers start from fixes the sequence length, so those runs get inputs
 padded to 64 tokens (padding is masked: the score does not depend on it).
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,18 +172,6 @@ def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) ->
     return row
 
 
-def _peer_row(peer, inputs: PeerInputs, tokenizer, data, batch_size: int) -> dict:
-    row = {"name": peer.name, "bits": peer.bits, "runtime": peer.runtime}
-    try:
-        start = time.perf_counter()
-        model = peer.build(inputs)
-        row["convert_seconds"] = round(time.perf_counter() - start, 2)
-        row["onnx"] = score(model, tokenizer, data, batch_size, True, f"{peer.name} {peer.bits}")
-    except Exception as e:
-        row["error"] = accuracy.error_line(e)
-    return row
-
-
 def run(args: argparse.Namespace) -> dict:
     recipes = args.recipes or list(config.RECIPES)
     for name in recipes:
@@ -211,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
         result["results"] = [_recipe_row(args, model, tokenizer, data, calib, r, b, tmp)
                              for r in recipes for b in args.bits]
         inputs = PeerInputs(model, tmp / "fp32.onnx", calib, tmp) if peers else None
-        result["peers"] = [_peer_row(p, inputs, tokenizer, data, args.batch_size) for p in peers]
+        result["peers"] = [accuracy.peer_row(p, inputs, "onnx", lambda m, p=p: score(
+            m, tokenizer, data, args.batch_size, True, f"{p.name} {p.bits}")) for p in peers]
     return result
 
 
@@ -228,8 +216,8 @@ def markdown(r: dict) -> str:
         f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")
     parity = [f"{x['recipe']} {x['bits'].upper()} {x['parity_max_abs']:.2e}"
               for x in r["results"] if "parity_max_abs" in x]
-    return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: Spearman x100 "
-            f"of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}"
+    return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: "
+            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}"
             + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "
                "of the longest test sentences: " + "; ".join(parity) if parity else ""))
 
