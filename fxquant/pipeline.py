@@ -20,6 +20,7 @@ from fxquant.passes.integer_softmax import integer_softmax
 from fxquant.passes.reconstruct import ReconOptions, reconstruct
 from fxquant.passes.reparameterize_layernorm import FoldOptions, reparameterize_layernorm
 from fxquant.passes.rotate import RotateOptions, rotate
+from fxquant.passes.smooth_channels import SmoothOptions, smooth_channels
 from fxquant.passes.split_two_scale import split_two_scale
 from fxquant.quantizers.uniform import OBSERVER_METHODS
 
@@ -33,6 +34,7 @@ REWRITE_NAMES.update(FLOAT_REWRITES)
 # Run between calibration and quantization (observers hold their statistics).
 PRE_QUANTIZE: dict[str, Callable] = {
     "reparameterize_layernorm": reparameterize_layernorm,
+    "smooth_channels": smooth_channels,
 }
 
 # Run after quantization; recipe names chain them with "+" ("repq-vit+recon").
@@ -52,7 +54,7 @@ INTEGER: dict[str, Callable] = {
 
 # Every key of config.options belongs to one of these; each checks its own values.
 OPTIONS: tuple[type[Options], ...] = (PipelineOptions, FoldOptions, ReconOptions, CptvOptions,
-                                      GptqOptions, RotateOptions)
+                                      GptqOptions, RotateOptions, SmoothOptions)
 
 
 def get(name: str, table: dict[str, Callable]) -> Callable:

@@ -1,4 +1,5 @@
-"""RepQ-ViT: the base recipe of the reparameterization family ("repq-vit", "repq-vit-sym").
+"""RepQ-ViT: the base recipe of the reparameterization family ("repq-vit", "repq-vit-sym",
+"repq-vit-mlp").
 
 Paper: Li, Xiao, Yang, Gu, "RepQ-ViT: Scale Reparameterization for Post-Training Quantization of
 Vision Transformers", ICCV 2023 (arXiv 2212.08254); official code zkkli/RepQ-ViT.
@@ -32,6 +33,9 @@ Where fxquant differs
   front of the quantizer on the Linear's branch.
 - "repq-vit-sym" (not in the paper) keeps weight zero points at 0, the form onnxruntime's integer
   kernels handle best.
+- "repq-vit-mlp" (not in the paper) also keeps the MLP's hidden activations per channel and smooths
+  them into fc2 (SmoothQuant's factors with α = 1, a float Mul before the quantizer) —
+  passes/smooth_channels.py; what BERT-style encoders need at 4 bits (docs/methods/repq-vit.md).
 """
 from dataclasses import replace
 
@@ -56,4 +60,10 @@ REPQ_VIT_SYM = register_recipe(replace(
     REPQ_VIT, name="repq-vit-sym", summary="repq-vit with zero-point-0 weights, what onnxruntime's "
                                            "integer kernels prefer (-0.2 pp at 4 bits)",
     roles={**ROLES, roles.WEIGHT: RoleSpec(observer="mse", per_channel=True, symmetric=True, bits="w")}))
-RECIPES = (REPQ_VIT, REPQ_VIT_SYM)
+REPQ_VIT_MLP = register_recipe(replace(
+    REPQ_VIT, name="repq-vit-mlp", passes=("reparameterize_layernorm", "smooth_channels"),
+    roles={**ROLES, roles.POST_GELU: RoleSpec(observer="mse", per_channel=True)},
+    options={"smooth_alpha": 1.0},  # chosen on the STS-B dev split (benchmarks/stsb.md)
+    summary="repq-vit with the MLP's hidden activations smoothed channel by channel into fc2 (a "
+            "float Mul before the quantizer): for BERT-style encoders at 4 bits"))
+RECIPES = (REPQ_VIT, REPQ_VIT_SYM, REPQ_VIT_MLP)

@@ -32,7 +32,7 @@ from fxquant.config import QuantConfig
 from fxquant.data import first_sample
 from fxquant.errors import FxQuantError
 from fxquant.options import Options, one_of, option
-from fxquant.passes.buffers import own_copy
+from fxquant.passes.buffers import buffer_node, own_copy
 from fxquant.passes.contract import calibrated, graph_pass
 from fxquant.quantizers.uniform import UniformQuantizer
 
@@ -121,10 +121,12 @@ def fold_factors(params: UniformQuantizer,
 
 
 @torch.no_grad()
-def _fold_linears(linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor) -> None:
-    """W' = W diag(r), b' = b - W' t: the Linears take x / r + t in place of x."""
+def fold_linears(linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor | None) -> None:
+    """W' = W diag(r), b' = b - W' t: the Linears take x / r + t in place of x (x / r for None)."""
     for linear in linears:
         linear.weight.mul_(r)
+        if t is None:
+            continue
         shift = linear.weight @ t
         if linear.bias is None:
             linear.bias = nn.Parameter(-shift)
@@ -140,20 +142,22 @@ def _fold(ln: nn.LayerNorm, linears: list[nn.Linear], r: torch.Tensor, t: torch.
         ln.bias = nn.Parameter(torch.zeros_like(r))
     ln.weight.div_(r)
     ln.bias.div_(r).add_(t)
-    _fold_linears(linears, r, t)
+    fold_linears(linears, r, t)
 
 
-def _scale_quantized_branch(gm: fx.GraphModule, ln: fx.Node, observers: list[fx.Node],
-                            r: torch.Tensor, t: torch.Tensor) -> None:
-    """observer(x) -> observer(x * (1/r) + t) for each observer on the LN's paths to its Linears."""
-    gm.register_buffer(f"{ln.name}_smooth_scale", 1 / r)
-    gm.register_buffer(f"{ln.name}_smooth_shift", t)
+def scale_quantized_branch(gm: fx.GraphModule, source: fx.Node, observers: list[fx.Node],
+                           r: torch.Tensor, t: torch.Tensor | None) -> None:
+    """observer(x) -> observer(x * (1/r) + t) for each observer on `source`'s paths to its Linears
+    (no Add when t is None)."""
     graph = gm.graph
     for obs in observers:
         value = obs.args[0]
         with graph.inserting_before(obs):
-            scaled = graph.call_function(operator.mul, (value, graph.get_attr(f"{ln.name}_smooth_scale")))
-            shifted = graph.call_function(operator.add, (scaled, graph.get_attr(f"{ln.name}_smooth_shift")))
+            shifted = graph.call_function(operator.mul, (value, buffer_node(
+                gm, f"{source.name}_smooth_scale", 1 / r)))
+            if t is not None:
+                shifted = graph.call_function(operator.add, (shifted, buffer_node(
+                    gm, f"{source.name}_smooth_shift", t)))
         obs.replace_input_with(value, shifted)
         annotation.update(obs, observes=shifted)
 
@@ -200,8 +204,8 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
         modules = [own_copy(gm, lin, "Linear") for lin in linears]
         r, t = (v.to(modules[0].weight) for v in (r, t))
         if explicit:
-            _fold_linears(modules, r, t)
-            _scale_quantized_branch(gm, ln, observers, r, t)
+            fold_linears(modules, r, t)
+            scale_quantized_branch(gm, ln, observers, r, t)
         else:
             _fold(own_copy(gm, ln, "LayerNorm"), modules, r, t)
             for i, pad in enumerate(pads):
