@@ -169,9 +169,9 @@ def test_architecture_converts_exports_and_agrees(name, recipe, bits, tmp_path):
         assert difference < W8A8_FLOAT_DIFFERENCE
 
 
-# Only Hugging Face's cells run by default: tests/test_golden.py runs every other recipe on a timm ViT,
-# in PyTorch and onnxruntime, and the matrix above runs torchvision's ViT through both lowering
-# paths; the timm and torchvision cells run with `-m slow` (the suite's 15 minutes).
+# Only Hugging Face's cells run by default: tests/test_golden.py runs every recipe but repq-vit-mlp
+# on a timm ViT, in PyTorch and onnxruntime, and the matrix above runs torchvision's ViT through
+# both lowering paths; the timm and torchvision cells run with `-m slow` (the suite's 15 minutes).
 @pytest.mark.parametrize("recipe", ["repq-vit-sym", "repq-vit-mlp", "fq-vit", "tsptq-vit", "dopq-vit",
                                     "repq-vit+cpt-v"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n.startswith("hf/") else [pytest.mark.slow])

@@ -74,7 +74,8 @@ def test_smoothing_lowers_the_4_bit_error_on_outlier_channels():
 
 
 def test_a_smoothed_value_read_by_something_else_than_a_linear_is_refused():
-    with pytest.raises(FxQuantError, match="post_gelu quantizer observer_gelu is read by matmul .* not only by Linears"):
+    with pytest.raises(FxQuantError,
+                       match="post_gelu quantizer observer_gelu is read by matmul .* not only by Linears"):
         smooth_channels(_calibrated(_GeluAlsoInAMatMul()), CFG, [X])
 
 
