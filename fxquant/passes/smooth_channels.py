@@ -6,10 +6,9 @@ statistics kept per channel; this pass turns them into SmoothQuant's factors
 s_c = max|x_c|^α / max|W[:, c]|^(1-α) (Xiao et al., ICML 2023; α = smooth_alpha) over every Linear
 reading the value. Nothing in front of the quantizer can absorb 1/s (GELU is not scale-equivariant),
 so it stays a float Mul in the ONNX, elementwise, and the Linears still run on integer kernels with
-one activation scale, fitted by the role's method on the kept samples divided by s. Why not the
-exact channel-wise grid (s = the channel scales, as the RepQ-ViT fold does after a LayerNorm):
-W diag(s) then carries the full spread of the channel ranges, which 4-bit weight rows cannot hold.
-BERT-style encoders need it at 4 bits: a few channels of their MLP's hidden activations reach
+one activation scale, fitted by the role's method on the kept samples divided by s. (The exact
+channel-wise grids of the LayerNorm fold, MSE-fitted channel scales with zero-point shifts, scored
+lower in a first try: docs/methods/repq-vit.md.) BERT-style encoders need it at 4 bits: a few channels of their MLP's hidden activations reach
 ranges many times the others' (benchmarks/stsb.md). Post-LayerNorm roles are left to
 reparameterize_layernorm.
 """
