@@ -4,10 +4,11 @@ Score: Spearman x100 between the gold similarity and the cosine of the two sente
 (mean over non-padding tokens of the last hidden state, L2-normalised, at most 64 tokens), on
 the 1,379 test pairs of `../shared/data/stsb` (or the 1,500 dev pairs, where choices are made).
 Every recipe x bit-width is scored in PyTorch and, exported with `export_onnx`, in onnxruntime (a
-file the export's self-check refuses is scored all the same, and the table says it was refused); the peers (bench.peers) quantize the FP32 model
-or its ONNX with the same calibration sentences. fxquant's exports leave the batch and sequence
-axes free; the FP32 ONNX the peers start from fixes the sequence length, so those runs get inputs
-padded to 64 tokens (padding is masked: the score does not depend on it).
+file the export's self-check refuses is scored all the same, and the table says it was refused);
+the peers (bench.peers) quantize the FP32 model or its ONNX with the same calibration sentences.
+fxquant's exports leave the batch and sequence axes free; the FP32 ONNX the peers start from fixes
+the sequence length, so those runs get inputs padded to 64 tokens (padding is masked: the score
+does not depend on it).
 """
 from __future__ import annotations
 
@@ -217,7 +218,8 @@ def markdown(r: dict) -> str:
     parity = [f"{x['recipe']} {x['bits'].upper()} {x['parity_max_abs']:.2e}"
               for x in r["results"] if "parity_max_abs" in x]
     return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: "
-            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences calibrate; {fp32}\n{table}"
+            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences "
+            f"calibrate; {fp32}\n{table}"
             + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "
                "of the longest test sentences: " + "; ".join(parity) if parity else ""))
 

@@ -32,7 +32,7 @@ from fxquant.config import QuantConfig
 from fxquant.data import first_sample
 from fxquant.errors import FxQuantError
 from fxquant.options import Options, one_of, option
-from fxquant.passes.buffers import buffer_node, own_copy
+from fxquant.passes.buffers import own_copy
 from fxquant.passes.contract import calibrated, graph_pass
 from fxquant.quantizers.uniform import UniformQuantizer
 
@@ -149,15 +149,18 @@ def scale_quantized_branch(gm: fx.GraphModule, source: fx.Node, observers: list[
                            r: torch.Tensor, t: torch.Tensor | None) -> None:
     """observer(x) -> observer(x * (1/r) + t) for each observer on `source`'s paths to its Linears
     (no Add when t is None)."""
+    gm.register_buffer(f"{source.name}_smooth_scale", 1 / r)
+    if t is not None:
+        gm.register_buffer(f"{source.name}_smooth_shift", t)
     graph = gm.graph
     for obs in observers:
         value = obs.args[0]
         with graph.inserting_before(obs):
-            shifted = graph.call_function(operator.mul, (value, buffer_node(
-                gm, f"{source.name}_smooth_scale", 1 / r)))
+            shifted = graph.call_function(operator.mul, (
+                value, graph.get_attr(f"{source.name}_smooth_scale")))
             if t is not None:
-                shifted = graph.call_function(operator.add, (shifted, buffer_node(
-                    gm, f"{source.name}_smooth_shift", t)))
+                shifted = graph.call_function(operator.add, (
+                    shifted, graph.get_attr(f"{source.name}_smooth_shift")))
         obs.replace_input_with(value, shifted)
         annotation.update(obs, observes=shifted)
 
