@@ -115,6 +115,11 @@ def _attentions(qmodel) -> int:
     return sum(fxquant.patterns.is_softmax(qmodel, n) for n in qmodel.graph.nodes)
 
 
+def _online_rotations(qmodel) -> int:
+    """x @ R by a constant R (repq-vit-rot, +rotate's online option): a float MatMul by design."""
+    return sum(n.target is torch.matmul and n.args[1].op == "get_attr" for n in qmodel.graph.nodes)
+
+
 def _run(batch, fn):
     return fn(**batch) if isinstance(batch, dict) else fn(batch)
 
@@ -126,7 +131,8 @@ def _check(name: str, recipe, bits: str | None, tmp_path):
     path = fxquant.export_onnx(qmodel, tmp_path / "q.onnx", inputs(2))
     session(path, optimized_path=tmp_path / "optimized.onnx")
     ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
-    float_matmuls = FLOAT_MATMULS_PER_ATTENTION.get(qmodel.config.name, 0) * _attentions(qmodel)
+    float_matmuls = (FLOAT_MATMULS_PER_ATTENTION.get(qmodel.config.name, 0) * _attentions(qmodel)
+                     + _online_rotations(qmodel))
     assert ops["MatMul"] == float_matmuls and ops["Gemm"] == 0, ops  # products on integer kernels
     onnx_model = OnnxModule(path)
     output = onnx_model.session.get_outputs()[0].name
@@ -172,7 +178,7 @@ def test_architecture_converts_exports_and_agrees(name, recipe, bits, tmp_path):
 # Only Hugging Face's cells run by default: tests/test_golden.py runs every recipe but repq-vit-mlp
 # on a timm ViT, in PyTorch and onnxruntime, and the matrix above runs torchvision's ViT through
 # both lowering paths; the timm and torchvision cells run with `-m slow` (the suite's 15 minutes).
-@pytest.mark.parametrize("recipe", ["repq-vit-sym", "repq-vit-mlp", "fq-vit", "tsptq-vit", "dopq-vit",
+@pytest.mark.parametrize("recipe", ["repq-vit-sym", "repq-vit-mlp", "repq-vit-rot", "fq-vit", "tsptq-vit", "dopq-vit",
                                     "repq-vit+cpt-v"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n.startswith("hf/") else [pytest.mark.slow])
                                   for n in ONE_PER_ECOSYSTEM])

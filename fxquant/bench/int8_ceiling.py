@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fxquant.bench.timing import median_ms
+from fxquant.bench.timing import median_ms, random_feed
 from fxquant.errors import FxQuantError
 from fxquant.lowering.export import OPSET
 from fxquant.lowering.runtime import session
@@ -26,32 +26,21 @@ GEMMS = ("MatMul", "Gemm")
 KINDS = ("fp32", "u8s8", "u8u8")
 
 
-def _probe_feed(model: onnx.ModelProto, batch: int) -> tuple[str, np.ndarray]:
-    """The input name and a random input at `batch` (one input, its other dimensions fixed)."""
-    if len(model.graph.input) != 1:
-        raise FxQuantError(f"the int8 ceiling needs a model with one input, "
-                           f"not {len(model.graph.input)}")
-    name, dims = model.graph.input[0].name, model.graph.input[0].type.tensor_type.shape.dim[1:]
-    if not all(d.HasField("dim_value") for d in dims):
-        raise FxQuantError(f"input {name!r} has a symbolic non-batch dimension")
-    shape = (batch, *(d.dim_value for d in dims))
-    return name, np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-
-
-def gemm_shapes(fp32_onnx: str | Path, batch: int) -> Counter:
+def gemm_shapes(fp32_onnx: str | Path, batch: int, sequence: int = 64) -> Counter:
     """(M, K, N) -> how many MatMul / Gemm nodes with a 2-D initializer weight run that shape.
-    M comes from running the model once (activation shapes depend on the batch and on reshapes)."""
+    M comes from running the model once (activation shapes depend on the batch and on reshapes;
+    a token model's on `sequence`)."""
     model = onnx.load(str(fp32_onnx))
     weights = {w.name: tuple(w.dims) for w in model.graph.initializer if len(w.dims) == 2}
     gemms = [n for n in model.graph.node if n.op_type in GEMMS and n.input[1] in weights]
-    name, probe = _probe_feed(model, batch)
-    inner = [a for a in dict.fromkeys(n.input[0] for n in gemms) if a != name]
+    feed = random_feed(fp32_onnx, batch, sequence)
+    inner = [a for a in dict.fromkeys(n.input[0] for n in gemms) if a not in feed]
     outputs = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=a) for a in inner if a not in outputs)
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(model, Path(tmp) / "probe.onnx")
-        values = session(Path(tmp) / "probe.onnx").run(inner, {name: probe})
-    sizes = {name: probe.size, **{a: v.size for a, v in zip(inner, values)}}
+        values = session(Path(tmp) / "probe.onnx").run(inner, feed)
+    sizes = {**{a: v.size for a, v in feed.items()}, **{a: v.size for a, v in zip(inner, values)}}
     shapes = Counter()
     for node in gemms:
         k, n = weights[node.input[1]]
@@ -108,9 +97,9 @@ def time_shapes(shapes: Counter, threads: int, repeats: int, warmup: int) -> dic
 
 
 def ceiling(fp32_onnx: str | Path, batch: int, threads: int = 2, repeats: int = 20,
-            warmup: int = 5) -> dict:
+            warmup: int = 5, sequence: int = 64) -> dict:
     """The int8-vs-fp32 GEMM ceiling of the model in `fp32_onnx` at `batch` on this CPU."""
-    shapes = gemm_shapes(fp32_onnx, batch)
+    shapes = gemm_shapes(fp32_onnx, batch, sequence)
     if not shapes:
         raise FxQuantError(f"{fp32_onnx} has no MatMul or Gemm with a constant 2-D weight")
     return {"batch": batch, **time_shapes(shapes, threads, repeats, warmup)}

@@ -66,4 +66,8 @@ REPQ_VIT_MLP = register_recipe(replace(
     options={"smooth_alpha": 1.0},  # chosen on the STS-B dev split (benchmarks/stsb.md)
     summary="repq-vit with the MLP's hidden activations smoothed channel by channel into fc2 (a "
             "float Mul before the quantizer): for BERT-style encoders at 4 bits"))
-RECIPES = (REPQ_VIT, REPQ_VIT_SYM, REPQ_VIT_MLP)
+REPQ_VIT_ROT = register_recipe(replace(
+    REPQ_VIT_MLP, name="repq-vit-rot", options={**REPQ_VIT_MLP.options, "fold_rotate": True},
+    summary="repq-vit-mlp with each folded post-LayerNorm quantizer input rotated by a Hadamard "
+            "matrix (a float MatMul before the quantizer): BERT-style encoders at 4 bits"))
+RECIPES = (REPQ_VIT, REPQ_VIT_SYM, REPQ_VIT_MLP, REPQ_VIT_ROT)

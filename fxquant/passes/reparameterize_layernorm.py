@@ -15,6 +15,12 @@ gamma and beta must stay. The same factors then go on the quantized branch only,
 per-channel affine x * (1/r) + t in front of its per-tensor quantizer (SmoothQuant's explicit
 form; the Linears still take W' and b'): the residual reads x unchanged, the quantizer's codes are
 the channel-wise grid's, and the ONNX holds a float Mul and Add before QuantizeLinear.
+
+With `fold_rotate`, each quantizer's input is then rotated, x' -> x' Q (Q a seeded Hadamard matrix,
+W' -> W' Q in its Linears, a float MatMul in the ONNX): the fold moved the LayerNorm's channel
+spread into the columns of W', where one 4-bit grid per output row cannot hold it; Q spreads those
+columns over all inputs. The per-tensor grid is refitted on the calibration samples taken to
+(x / r + t) Q, with the role's method (their range: the samples', not the whole calibration's).
 """
 from __future__ import annotations
 
@@ -31,9 +37,11 @@ from fxquant.calibrate import run_batch
 from fxquant.config import QuantConfig
 from fxquant.data import first_sample
 from fxquant.errors import FxQuantError
-from fxquant.options import Options, one_of, option
+from fxquant.options import BOOL, Options, one_of, option
 from fxquant.passes.buffers import own_copy
 from fxquant.passes.contract import calibrated, graph_pass
+from fxquant.passes.online_rotation import rotate_inputs
+from fxquant.passes.orthogonal import ones_fixing_rotation
 from fxquant.quantizers.uniform import UniformQuantizer
 
 # Per-tensor target of the channel scales / zero points; "median" is DopQ-ViT's MOSF.
@@ -43,9 +51,10 @@ FOLD_TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": torch
 
 @dataclass(frozen=True)
 class FoldOptions(Options):
-    """The `config.options` key this pass reads, checked when made."""
+    """The `config.options` keys this pass reads, checked when made."""
     PREFIX = "fold_"
     fold_target: str = option("mean", one_of(FOLD_TARGETS))
+    fold_rotate: bool = option(False, BOOL)   # rotate each folded quantizer input (module docstring)
 
 
 class _ChannelIndex(nn.Module):
@@ -95,16 +104,34 @@ def _check_channels_last(gm: fx.GraphModule, folds: dict, calib_loader: Iterable
                                    "fold needs channels last")
 
 
+def _samples(gm: fx.GraphModule, observers: list[fx.Node]) -> torch.Tensor:
+    """(N, C): the LN output rows kept by every observer on its paths."""
+    return torch.cat([gm.get_submodule(o.target).samples() for o in observers])
+
+
 def _channel_params(gm: fx.GraphModule, observers: list[fx.Node],
                     config: QuantConfig) -> UniformQuantizer:
     """Channel-wise grid of the LN output, from the statistics of every observer on its paths."""
     spec = config.roles[roles.POST_LAYERNORM]
     stats = [gm.get_submodule(o.target) for o in observers]
-    samples = torch.cat([s.samples() for s in stats])
     lo = torch.stack([s.min.cpu() for s in stats]).amin(0)
     hi = torch.stack([s.max.cpu() for s in stats]).amax(0)
-    return UniformQuantizer.from_samples(spec.observer, samples, lo, hi, config.bits_for(spec),
-                                         spec.symmetric)
+    return UniformQuantizer.from_samples(spec.observer, _samples(gm, observers), lo, hi,
+                                         config.bits_for(spec), spec.symmetric)
+
+
+def _rotate_branch(gm: fx.GraphModule, observers: list[fx.Node],
+                   linears: list[nn.Linear], r: torch.Tensor, t: torch.Tensor,
+                   config: QuantConfig) -> UniformQuantizer:
+    """x' -> x' Q in front of the observers, W' -> W' Q: the per-tensor grid refitted on the rotated
+    samples (one Q per width, seed 0, shared by every LayerNorm of that width)."""
+    q, _ = ones_fixing_rotation(r.numel(), 0)
+    rotate_inputs(gm, observers, linears, q, f"fold_rotation_{r.numel()}")
+    q = q.to(r)
+    rotated = (_samples(gm, observers).to(r) / r + t) @ q
+    spec = config.roles[roles.POST_LAYERNORM]
+    return UniformQuantizer.from_samples(spec.observer, rotated.reshape(-1).cpu(), rotated.min().cpu(),
+                                         rotated.max().cpu(), config.bits_for(spec), spec.symmetric)
 
 
 def fold_factors(params: UniformQuantizer,
@@ -183,7 +210,7 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
     spec = config.roles.get(roles.POST_LAYERNORM)
     if spec is None or not spec.per_channel:
         return gm
-    target = FoldOptions.from_options(config.options).fold_target
+    options = FoldOptions.from_options(config.options)
     folds = {}
     for ln in [n for n in gm.graph.nodes if patterns.is_layernorm(gm, n)]:
         reach = patterns.layernorm_reach(gm, ln)
@@ -203,7 +230,7 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
     if folds:
         _check_channels_last(gm, folds, calib_loader)
     for ln, (observers, linears, pads, explicit) in folds.items():
-        r, t, per_tensor = fold_factors(_channel_params(gm, observers, config), target)
+        r, t, per_tensor = fold_factors(_channel_params(gm, observers, config), options.fold_target)
         modules = [own_copy(gm, lin, "Linear") for lin in linears]
         r, t = (v.to(modules[0].weight) for v in (r, t))
         if explicit:
@@ -213,6 +240,8 @@ def reparameterize_layernorm(gm: fx.GraphModule, config: QuantConfig,
             _fold(own_copy(gm, ln, "LayerNorm"), modules, r, t)
             for i, pad in enumerate(pads):
                 _shift_padding(gm, pad, f"{ln.name}_fold_shift_{i}", t)
+        if options.fold_rotate:
+            per_tensor = _rotate_branch(gm, observers, modules, r, t, config)
         for obs in observers:
             annotation.update(obs, fitted=per_tensor)
     gm.graph.lint()

@@ -37,6 +37,7 @@ from fxquant.options import BOOL, COUNT, Options, option
 from fxquant.passes.buffers import buffer_node, own_copy
 from fxquant.passes.contract import graph_pass, no_observers
 from fxquant.passes.head_rotation import rotate_values
+from fxquant.passes.online_rotation import rotate_inputs
 from fxquant.passes.orthogonal import ones_fixing_rotation
 
 # Largest relative error of the rotated float graph against the original (float32 rounding is
@@ -212,13 +213,7 @@ def _rotate_online(gm: fx.GraphModule, seed: int) -> int:
             continue
         linear = own_copy(gm, node, "Linear")
         r, _ = ones_fixing_rotation(linear.in_features, seed + 1)
-        with torch.no_grad():
-            linear.weight = nn.Parameter((linear.weight.double() @ r).to(linear.weight.dtype))
-        name = f"online_rotation_{linear.in_features}"
-        with gm.graph.inserting_before(node):
-            matrix = gm.graph.get_attr(name) if hasattr(gm, name) else \
-                buffer_node(gm, name, r.to(linear.weight.dtype))
-            node.update_arg(0, gm.graph.call_function(torch.matmul, (node.args[0], matrix)))
+        rotate_inputs(gm, [node], [linear], r, f"online_rotation_{linear.in_features}")
         count += 1
     return count
 

@@ -1,3 +1,4 @@
+import dataclasses
 import operator
 
 import pytest
@@ -195,3 +196,35 @@ def test_post_ln_keeps_the_layernorm_and_scales_only_the_branch_to_the_linears()
         assert annotation.of(next(iter(quantizer))).fitted.scale.numel() == 1
         residual = [u for u in ln.users if u.target is operator.add]
         assert len(residual) == 1                        # reads the LayerNorm output itself
+
+
+ROTATE = dataclasses.replace(CFG, options={"fold_rotate": True})
+
+
+def _column_spread(linear: nn.Linear) -> float:
+    """Largest over median column range of a weight: what one grid per output row must hold."""
+    columns = linear.weight.detach().abs().amax(0)
+    return float(columns.max() / columns.median())
+
+
+@pytest.mark.parametrize("model,x", [(_PostLN(), torch.randn(4, 10, 16)),
+                                     (_QKV(), torch.randn(4, 10, 16)),
+                                     (_SwinWindow(), torch.randn(2, 6, 6, 8))])
+def test_fold_rotate_keeps_the_float_function_and_rotates_every_post_ln_quantizer_input(model, x):
+    expected = model(x)
+    gm = reparameterize_layernorm(_calibrated(model, x), ROTATE, [x])
+    # float32 rounding of the rotated sums (~1e-7 relative); a misread layout is off by order 1
+    assert ((gm(x) - expected).norm() / expected.norm()).item() < 1e-5
+    quantizers = [o for o in annotation.observer_nodes(gm)
+                  if annotation.of(o).role == roles.POST_LAYERNORM]
+    assert quantizers and all(o.args[0].target is torch.matmul for o in quantizers)
+    assert {o.args[0].args[1].target for o in quantizers} == {f"fold_rotation_{x.shape[-1]}"}
+    assert all(annotation.of(o).fitted.scale.numel() == 1 for o in quantizers)
+
+
+def test_fold_rotate_spreads_the_folded_channel_ranges_over_the_weight_columns():
+    model, x = _PostLN(), torch.randn(4, 10, 16)
+    folded = reparameterize_layernorm(_calibrated(model, x), CFG, [x])
+    rotated = reparameterize_layernorm(_calibrated(model, x), ROTATE, [x])
+    for name in ("q", "fc"):
+        assert _column_spread(getattr(rotated, name)) < 0.5 * _column_spread(getattr(folded, name))
