@@ -13,6 +13,7 @@ does not depend on it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import tempfile
 from dataclasses import dataclass
@@ -143,6 +144,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", default="eager", choices=("eager", "sdpa"),
                    help="the transformers attention implementation traced (both trace)")
     p.add_argument("--no-onnx", action="store_true", help="score in PyTorch only (no export)")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="keep the ONNX files (fp32.onnx, RECIPE_BITS.onnx) in DIR, e.g. for "
+                        "`fxquant bench latency`")
     target.add_argument(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -190,7 +194,9 @@ def run(args: argparse.Namespace) -> dict:
     result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(),
               "split": args.split, "pairs": len(data.gold), "calib_sentences": len(sentences),
               "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if peers or not args.no_onnx:
             fp32 = export_float_onnx(model, tmp / "fp32.onnx", calib[0])

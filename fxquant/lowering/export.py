@@ -20,12 +20,13 @@ import torch
 from tqdm import tqdm
 
 from fxquant import cpu, target
-from fxquant.calibrate import run_batch
+from fxquant.calibrate import graph_inputs, run_batch
 from fxquant.data import ModelInputs, TransformFn, as_model_inputs, model_inputs, output_tensors
 from fxquant.errors import ExportMismatch, FxQuantError
 from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
 from fxquant.lowering.runtime import TARGET_KEY, OnnxModule
+from fxquant.padding import token_mask
 from fxquant.quantized_model import QuantizedModel
 from fxquant.quantizers import ONNX_TRANSLATIONS
 
@@ -167,13 +168,33 @@ def sample_errors(reference, other) -> torch.Tensor:
     return (diff / norm.clamp_min(1e-30)).sqrt()
 
 
-def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance: float) -> None:
+def _real_tokens(outputs, keep: torch.Tensor | None) -> list[torch.Tensor]:
+    """The output tensors with the padding positions `keep` (samples, tokens) marks False set to
+    0, in tensors whose first two axes are (samples, tokens); the rest as they are."""
+    tensors = output_tensors(outputs)
+    if keep is None:
+        return tensors
+    return [t * keep.reshape(*keep.shape, *[1] * (t.ndim - 2)).to(t.dtype)
+            if t.ndim >= 2 and t.shape[:2] == keep.shape else t for t in tensors]
+
+
+def _padding_kept(qmodel: QuantizedModel, example: ModelInputs) -> torch.Tensor | None:
+    """(samples, tokens), True at the example's real tokens, when the graph has a padding mask."""
+    kept_tokens = token_mask(qmodel)
+    return kept_tokens(graph_inputs(qmodel, [example])) if kept_tokens else None
+
+
+def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance: float,
+                    keep: torch.Tensor | None = None) -> None:
     """Refuse a file whose outputs on the example are off by more than `tolerance`; say how many
     samples are: a wrong graph puts every sample off, while a few samples far off and the rest
     exact is how a low-bit model amplifies a code that onnxruntime's float kernels round the other
-    way at a tie."""
+    way at a tie. Padding tokens (`keep` False, from the graph's own attention mask) are left out:
+    no real token reads them, and the same tie at every padding position of a sample would
+    otherwise count as that sample being off."""
     args, kwargs = example_inputs(example_input)
-    produced = onnx_module(*args, **kwargs)
+    reference = _real_tokens(reference, keep)
+    produced = _real_tokens(onnx_module(*args, **kwargs), keep)
     error = relative_error(reference, produced)
     if not error <= tolerance:
         per_sample = sample_errors(reference, produced)
@@ -238,7 +259,8 @@ def export_onnx(qmodel, path: str | Path, example_input,
         progress.update()
         onnx_module = OnnxModule(files[-1], warn=False)  # the file loads in onnxruntime
         if verify:
-            _check_numerics(onnx_module, example, reference, qmodel.config.export_tolerance)
+            _check_numerics(onnx_module, example, reference, qmodel.config.export_tolerance,
+                            _padding_kept(qmodel, example))
         progress.update()
         for file in files:  # the data before the model that names it
             os.chmod(file, 0o666 & ~_umask())   # like any new file, not mkdtemp's private one

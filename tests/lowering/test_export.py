@@ -167,6 +167,21 @@ def test_a_refusal_says_how_many_samples_are_off():
     assert refused.value.error == pytest.approx(float(torch.tensor(12 / 52).sqrt()))
 
 
+def test_padding_positions_are_left_out_of_the_comparison():
+    """A tie at the padding token's codes moves every padding position of a sample alike; those
+    positions are not compared, a real token still is."""
+    reference = {"last_hidden_state": torch.ones(2, 4, 3), "pooled": torch.ones(2, 3)}
+    keep = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    produced = [torch.ones(2, 4, 3), torch.ones(2, 3)]
+    produced[0][0, 2:] = 5.0                                  # sample 0's padding
+    export._check_numerics(lambda x: produced, torch.zeros(2, 1), reference, 0.05, keep)
+    produced[0][1, 3] = 5.0                                   # a real token of sample 1
+    with pytest.raises(ExportMismatch, match=r"1 of 2 samples are off"):
+        export._check_numerics(lambda x: produced, torch.zeros(2, 1), reference, 0.05, keep)
+    with pytest.raises(ExportMismatch, match=r"2 of 2 samples are off"):  # without the mask
+        export._check_numerics(lambda x: produced, torch.zeros(2, 1), reference, 0.05)
+
+
 def test_the_export_agrees_within_its_tolerance_on_other_inputs(exported):
     bits, qmodel, path = exported
     x = torch.randn(8, 3, 32, 32)
