@@ -175,11 +175,12 @@ def test_architecture_converts_exports_and_agrees(name, recipe, bits, tmp_path):
         assert difference < W8A8_FLOAT_DIFFERENCE
 
 
-# Only Hugging Face's cells run by default: tests/test_golden.py runs every recipe but repq-vit-mlp
-# on a timm ViT, in PyTorch and onnxruntime, and the matrix above runs torchvision's ViT through
-# both lowering paths; the timm and torchvision cells run with `-m slow` (the suite's 15 minutes).
-@pytest.mark.parametrize("recipe", ["repq-vit-sym", "repq-vit-mlp", "repq-vit-rot", "fq-vit", "tsptq-vit", "dopq-vit",
-                                    "repq-vit+cpt-v"])
+# Only Hugging Face's cells run by default: tests/test_golden.py runs the recipes but repq-vit-mlp
+# and repq-vit-rot on a timm ViT, in PyTorch and onnxruntime, and the matrix above runs
+# torchvision's ViT through both lowering paths; the timm and torchvision cells run with `-m slow`
+# (the suite's 15 minutes), and repq-vit-mlp's too: repq-vit-rot runs its passes and more.
+@pytest.mark.parametrize("recipe", ["repq-vit-sym", pytest.param("repq-vit-mlp", marks=pytest.mark.slow),
+                                    "repq-vit-rot", "fq-vit", "tsptq-vit", "dopq-vit", "repq-vit+cpt-v"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n.startswith("hf/") else [pytest.mark.slow])
                                   for n in ONE_PER_ECOSYSTEM])
 def test_every_recipe_on_one_architecture_per_ecosystem(name, recipe, tmp_path):
