@@ -10,9 +10,13 @@ RECORDED = outputs.path_for_this_cpu()
 # run, at W4A4 for the variant and at W8A8 for its base recipe (repq-vit, dopq-vit's TanQ and MOSF
 # at 4 bits, cpt-v's search at 4 bits); W4A4 of the fully quantized recipes, whose integer
 # LayerNorm and Softmax their W8A8 cells run; repq-vit-sym at both (repq-vit's passes, with the
-# symmetric weights converted and checked against onnxruntime in tests/test_architectures.py).
+# symmetric weights converted and checked against onnxruntime in tests/test_architectures.py);
+# dopq-vit and repq-vit+cpt-v at both (TanQ, MOSF, reconstruction and the CPT-V search run by
+# default in tests/lowering/test_export.py, tests/bench/test_dopq.py, tests/bench/test_cpt_v.py,
+# tests/passes/ and the every-recipe cells of tests/test_architectures.py).
 SLOW = {("dopq-vit", "w8a8"), ("repq-vit-sym", "w8a8"), ("repq-vit+cpt-v", "w8a8"),
-        ("fq-vit", "w4a4"), ("tsptq-vit", "w4a4"), ("repq-vit-sym", "w4a4")}
+        ("fq-vit", "w4a4"), ("tsptq-vit", "w4a4"), ("repq-vit-sym", "w4a4"),
+        ("dopq-vit", "w4a4"), ("repq-vit+cpt-v", "w4a4")}
 
 
 @pytest.fixture(scope="module")
