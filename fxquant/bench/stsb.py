@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,17 @@ def load_pairs(path: str | Path, limit: int | None = None) -> tuple[list[str], l
     if not rows or any(len(r) != 3 for r in rows):
         raise FxQuantError(f"{path}: expected rows of sentence1, sentence2, score")
     return [r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows])
+
+
+def calibration_sentences(path: str | Path, count: int, seed: int) -> list[str]:
+    """`count` sentences of (count + 1) // 2 pairs drawn at random (seeded) from the train CSV.
+    The split is ordered by genre (image captions first, then news and forum posts): its first
+    pairs are all captions, which calibrate for one genre while dev and test mix all three."""
+    first, second, _ = load_pairs(path)
+    if not 0 < count <= 2 * len(first):
+        raise FxQuantError(f"--calib {count}: {path} has {2 * len(first)} sentences")
+    chosen = random.Random(seed).sample(range(len(first)), (count + 1) // 2)
+    return [s for i in chosen for s in (first[i], second[i])][:count]
 
 
 def load_minilm(attn_implementation: str = "eager"):
@@ -132,7 +144,9 @@ def score(model, tokenizer, data: EvalSet, batch_size: int, pad_to_max: bool = F
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(STSB), help="folder with stsb-en-{train,test}.csv")
-    p.add_argument("--calib", type=int, default=256, help="calibration sentences from the train split")
+    p.add_argument("--calib", type=int, default=256,
+                   help="calibration sentences, drawn at random from the train split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     p.add_argument("--split", default="test", choices=("test", "dev"),
                    help="the pairs scored: choose recipes and options on dev, report test")
     p.add_argument("--pairs", type=int, default=None, help="pairs to score (default: all)")
@@ -187,12 +201,12 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_minilm(args.attn)
     data = EvalSet.from_pairs(*load_pairs(Path(args.data) / f"stsb-en-{args.split}.csv", args.pairs),
                               tokenizer)
-    t1, t2, _ = load_pairs(Path(args.data) / "stsb-en-train.csv", (args.calib + 1) // 2)
-    sentences = [s for pair in zip(t1, t2) for s in pair][:args.calib]
+    sentences = calibration_sentences(Path(args.data) / "stsb-en-train.csv", args.calib, args.seed)
     # Padded to 64 tokens: the peers' FP32 ONNX fixes the sequence length.
     calib = batches(tokenizer, sentences, 32, pad_to_max=True)
     result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(),
               "split": args.split, "pairs": len(data.gold), "calib_sentences": len(sentences),
+              "calib_seed": args.seed,
               "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
@@ -224,8 +238,8 @@ def markdown(r: dict) -> str:
     parity = [f"{x['recipe']} {x['bits'].upper()} {x['parity_max_abs']:.2e}"
               for x in r["results"] if "parity_max_abs" in x]
     return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: "
-            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences "
-            f"calibrate; {fp32}\n{table}"
+            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences (drawn "
+            f"with seed {r.get('calib_seed')}) calibrate; {fp32}\n{table}"
             + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "
                "of the longest test sentences: " + "; ".join(parity) if parity else ""))
 

@@ -23,6 +23,20 @@ def test_embedding_is_the_normalised_mean_over_non_padding_tokens():
     torch.testing.assert_close(emb, torch.tensor([[1.0, 0.0]]))
 
 
+def test_calibration_draws_pairs_from_the_whole_split_reproducibly(tmp_path):
+    rows = [f"first {i},second {i},1.0" for i in range(100)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    drawn = stsb.calibration_sentences(tmp_path / "train.csv", 9, seed=3)
+    assert drawn == stsb.calibration_sentences(tmp_path / "train.csv", 9, seed=3)
+    assert drawn != stsb.calibration_sentences(tmp_path / "train.csv", 9, seed=4)
+    assert len(drawn) == 9 and len(set(drawn)) == 9
+    pairs = [int(s.split()[1]) for s in drawn]
+    assert pairs[0:8:2] == pairs[1:8:2]   # both sentences of each pair, pair by pair
+    assert max(pairs) >= 50   # not the split's first rows
+    with pytest.raises(FxQuantError, match="has 200 sentences"):
+        stsb.calibration_sentences(tmp_path / "train.csv", 201, seed=0)
+
+
 def test_eval_set_scores_each_distinct_sentence_once():
     class Tokenizer:
         def tokenize(self, s):
