@@ -134,12 +134,17 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(_ranks(np.asarray(a)), _ranks(np.asarray(b)))[0, 1])
 
 
+def pair_cosines(model, tokenizer, data: EvalSet, batch_size: int, pad_to_max: bool = False,
+                 desc: str = "scoring") -> np.ndarray:
+    """The cosine similarity of each pair's two sentence embeddings."""
+    emb = embed(model, batches(tokenizer, data.sentences, batch_size, pad_to_max), desc)
+    return (emb[data.first] * emb[data.second]).sum(-1).cpu().numpy()
+
+
 def score(model, tokenizer, data: EvalSet, batch_size: int, pad_to_max: bool = False,
           desc: str = "scoring") -> float:
     """Spearman x100 of cosine similarity against the gold scores."""
-    emb = embed(model, batches(tokenizer, data.sentences, batch_size, pad_to_max), desc)
-    cosine = (emb[data.first] * emb[data.second]).sum(-1).cpu().numpy()
-    return 100 * spearman(cosine, data.gold)
+    return 100 * spearman(pair_cosines(model, tokenizer, data, batch_size, pad_to_max, desc), data.gold)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -166,12 +171,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def _recipe_row(args, model, tokenizer, data, calib, recipe, bits, tmp: Path) -> dict:
+def _recipe_row(args, model, tokenizer, data, reference: np.ndarray, calib, recipe, bits,
+                tmp: Path) -> dict:
+    """Scores of one recipe x bit-width; `reference` is the FP32 model's pair cosines, against
+    which the PyTorch file's are ranked (fidelity: no label noise, so finer than the score when
+    choosing on dev)."""
     row = {"recipe": recipe, "bits": bits, "torch": None, "onnx": None, "convert_seconds": None}
     try:
         qmodel = convert(model, calib, recipe, bits, input_names=INPUTS, target=args.target)
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
-        row["torch"] = score(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
+        cosines = pair_cosines(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
+        row["torch"] = 100 * spearman(cosines, data.gold)
+        row["torch_fidelity"] = 100 * spearman(cosines, reference)
     except Exception as e:  # a failing recipe is a result too
         row["error"] = accuracy.error_line(e)
         return row
@@ -204,10 +215,10 @@ def run(args: argparse.Namespace) -> dict:
     sentences = calibration_sentences(Path(args.data) / "stsb-en-train.csv", args.calib, args.seed)
     # Padded to 64 tokens: the peers' FP32 ONNX fixes the sequence length.
     calib = batches(tokenizer, sentences, 32, pad_to_max=True)
+    reference = pair_cosines(model, tokenizer, data, args.batch_size, desc="fp32")
     result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(),
               "split": args.split, "pairs": len(data.gold), "calib_sentences": len(sentences),
-              "calib_seed": args.seed,
-              "attn": args.attn, "fp32": score(model, tokenizer, data, args.batch_size, desc="fp32")}
+              "calib_seed": args.seed, "attn": args.attn, "fp32": 100 * spearman(reference, data.gold)}
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
             fp32 = export_float_onnx(model, tmp / "fp32.onnx", calib[0])
             result["fp32_onnx"] = score(OnnxModule(fp32), tokenizer, data, args.batch_size, True,
                                         "fp32 (onnxruntime)")
-        result["results"] = [_recipe_row(args, model, tokenizer, data, calib, r, b, tmp)
+        result["results"] = [_recipe_row(args, model, tokenizer, data, reference, calib, r, b, tmp)
                              for r in recipes for b in args.bits]
         inputs = PeerInputs(model, tmp / "fp32.onnx", calib, tmp) if peers else None
         result["peers"] = [accuracy.peer_row(p, inputs, "onnx", lambda m, p=p: score(
@@ -237,9 +248,13 @@ def markdown(r: dict) -> str:
         f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")
     parity = [f"{x['recipe']} {x['bits'].upper()} {x['parity_max_abs']:.2e}"
               for x in r["results"] if "parity_max_abs" in x]
+    fidelity = [f"{x['recipe']} {x['bits'].upper()} {x['torch_fidelity']:.2f}"
+                for x in r["results"] if x.get("torch_fidelity") is not None]
     return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: "
             f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences (drawn "
             f"with seed {r.get('calib_seed')}) calibrate; {fp32}\n{table}"
+            + ("\n\nFidelity, Spearman x100 of the PyTorch file's pair cosines against FP32's: "
+               + "; ".join(fidelity) if fidelity else "")
             + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "
                "of the longest test sentences: " + "; ".join(parity) if parity else ""))
 

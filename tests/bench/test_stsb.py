@@ -60,7 +60,8 @@ def test_table_has_a_row_per_recipe_runtime_and_peer():
     result = {"model": "m", "split": "dev", "pairs": 2, "calib_sentences": 4, "attn": "eager",
               "fp32": 82.0,
               "results": [{"recipe": "minmax", "bits": b, "torch": 80.0, "onnx": 79.5,
-                           "convert_seconds": 1.0, **(refused if b == "w4a4" else {})}
+                           "torch_fidelity": 97.5, "convert_seconds": 1.0,
+                           **(refused if b == "w4a4" else {})}
                           for b in ("w8a8", "w4a4")],
               "peers": [{"name": "ort-dynamic", "bits": "w8a8", "runtime": "onnxruntime", "onnx": 81.0, "convert_seconds": 2.0}]}
     table = stsb.markdown(result)
@@ -68,6 +69,7 @@ def test_table_has_a_row_per_recipe_runtime_and_peer():
     assert "| peer | ort-dynamic | onnxruntime | 81.00 | n/a |" in table
     assert table.startswith("m on STS-B dev (2 pairs)")
     assert "- fxquant minmax w4a4: self-check refused it: 1 of 4 samples are off" in table
+    assert "against FP32's: minmax W8A8 97.50; minmax W4A4 97.50" in table
 
 
 def test_cli_has_the_subcommand():
