@@ -38,7 +38,9 @@ Where fxquant differs
   passes/smooth_channels.py; what BERT-style encoders need at low bits (docs/methods/repq-vit.md).
 - "repq-vit-rot" (not in the paper) is repq-vit-mlp with each folded LayerNorm branch rotated by a
   Hadamard matrix (fold_rotate, passes/online_rotation.py): the fold's channel spread leaves the
-  weight columns of q, k, v and fc1; the best at 4 bits on MiniLM, worse at 3.
+  weight columns of q, k, v and fc1. On MiniLM it is ahead of repq-vit-mlp at 4 bits on the dev
+  split and behind it on test (three calibration draws), worse at 3 bits on both
+  (benchmarks/stsb.md).
 """
 from dataclasses import replace
 
@@ -68,9 +70,10 @@ REPQ_VIT_MLP = register_recipe(replace(
     roles={**ROLES, roles.POST_GELU: RoleSpec(observer="mse", per_channel=True)},
     options={"smooth_alpha": 1.0},  # chosen on the STS-B dev split (benchmarks/stsb.md)
     summary="repq-vit with the MLP's hidden activations smoothed channel by channel into fc2 (a "
-            "float Mul before the quantizer): BERT-style encoders at 8 and 3 bits"))
+            "float Mul before the quantizer): BERT-style encoders, at 3 bits with +gptq"))
 REPQ_VIT_ROT = register_recipe(replace(
     REPQ_VIT_MLP, name="repq-vit-rot", options={**REPQ_VIT_MLP.options, "fold_rotate": True},
     summary="repq-vit-mlp with each folded post-LayerNorm quantizer input rotated by a Hadamard "
-            "matrix (a float MatMul before the quantizer): BERT-style encoders at 4 bits"))
+            "matrix (a float MatMul before the quantizer): ahead of repq-vit-mlp on MiniLM's dev "
+            "split at 4 bits, behind it on test"))
 RECIPES = (REPQ_VIT, REPQ_VIT_SYM, REPQ_VIT_MLP, REPQ_VIT_ROT)
