@@ -5,7 +5,9 @@ Score: Spearman x100 between the gold similarity and the cosine of the two sente
 the 1,379 test pairs of `../shared/data/stsb` (or the 1,500 dev pairs, where choices are made).
 Every recipe x bit-width is scored in PyTorch and, exported with `export_onnx`, in onnxruntime (a
 file the export's self-check refuses is scored all the same, and the table says it was refused);
-the peers (bench.peers) quantize the FP32 model or its ONNX with the same calibration sentences.
+the peers (bench.peers) quantize the FP32 model or its ONNX with the same calibration sentences,
+a seeded random draw over the whole train split. Each PyTorch file also gets its fidelity: the
+Spearman of its pair cosines against the FP32 model's.
 fxquant's exports leave the batch and sequence axes free; the FP32 ONNX the peers start from fixes
 the sequence length, so those runs get inputs padded to 64 tokens (padding is masked: the score
 does not depend on it).
@@ -250,9 +252,10 @@ def markdown(r: dict) -> str:
               for x in r["results"] if "parity_max_abs" in x]
     fidelity = [f"{x['recipe']} {x['bits'].upper()} {x['torch_fidelity']:.2f}"
                 for x in r["results"] if x.get("torch_fidelity") is not None]
+    drawn = f" (drawn with seed {r['calib_seed']})" if r.get("calib_seed") is not None else ""
     return (f"{r['model']} on STS-B {r['split']} ({r['pairs']} pairs), {r['attn']} attention: "
-            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences (drawn "
-            f"with seed {r.get('calib_seed')}) calibrate; {fp32}\n{table}"
+            f"Spearman x100 of cosine similarity; {r['calib_sentences']} train sentences{drawn} "
+            f"calibrate; {fp32}\n{table}"
             + ("\n\nFidelity, Spearman x100 of the PyTorch file's pair cosines against FP32's: "
                + "; ".join(fidelity) if fidelity else "")
             + ("\n\nParity, max |PyTorch - onnxruntime| over the unit-norm embeddings of one batch "

@@ -57,7 +57,7 @@ def test_missing_or_malformed_data_is_refused(tmp_path):
 
 def test_table_has_a_row_per_recipe_runtime_and_peer():
     refused = {"onnx_check": "self-check refused it: 1 of 4 samples are off"}
-    result = {"model": "m", "split": "dev", "pairs": 2, "calib_sentences": 4, "attn": "eager",
+    result = {"model": "m", "split": "dev", "pairs": 2, "calib_sentences": 4, "calib_seed": 7, "attn": "eager",
               "fp32": 82.0,
               "results": [{"recipe": "minmax", "bits": b, "torch": 80.0, "onnx": 79.5,
                            "torch_fidelity": 97.5, "convert_seconds": 1.0,
@@ -67,7 +67,7 @@ def test_table_has_a_row_per_recipe_runtime_and_peer():
     table = stsb.markdown(result)
     assert "| fxquant | minmax | onnxruntime | 79.50 | 79.50 |" in table
     assert "| peer | ort-dynamic | onnxruntime | 81.00 | n/a |" in table
-    assert table.startswith("m on STS-B dev (2 pairs)")
+    assert table.startswith("m on STS-B dev (2 pairs)") and "4 train sentences (drawn with seed 7)" in table
     assert "- fxquant minmax w4a4: self-check refused it: 1 of 4 samples are off" in table
     assert "against FP32's: minmax W8A8 97.50; minmax W4A4 97.50" in table
 
