@@ -177,9 +177,9 @@ def test_architecture_converts_exports_and_agrees(name, recipe, bits, tmp_path):
 
 # Only Hugging Face's cells run by default: tests/test_golden.py runs the recipes but repq-vit-mlp
 # and repq-vit-rot on a timm ViT (some cells with `-m slow`), in PyTorch and onnxruntime, and the
-# matrix above runs
-# torchvision's ViT through both lowering paths; the timm and torchvision cells run with `-m slow`
-# (the suite's 15 minutes), and repq-vit-mlp's too: repq-vit-rot runs its passes and more.
+# matrix above runs torchvision's ViT through both lowering paths; the timm and torchvision cells
+# run with `-m slow` (the suite's 15 minutes), and repq-vit-mlp's too: repq-vit-rot runs its
+# passes and more.
 @pytest.mark.parametrize("recipe", ["repq-vit-sym", pytest.param("repq-vit-mlp", marks=pytest.mark.slow),
                                     "repq-vit-rot", "fq-vit", "tsptq-vit", "dopq-vit", "repq-vit+cpt-v"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n.startswith("hf/") else [pytest.mark.slow])
