@@ -7,7 +7,10 @@ output on the calibration images matches the float block's (`float_reference`):
 - every uniform activation quantizer learns its step size (straight-through rounding, zero point
   fixed); other quantizers (log2, TanQ, ...) keep their parameters and pass gradients straight;
 - QDrop: while training, each activation keeps its float value with probability 1 - p, and the
-  block input mixes the quantized model's and the float model's inputs the same way.
+  block input mixes the quantized model's and the float model's inputs the same way;
+- padding tokens (keys every attention padding mask drops, `fxquant/padding.py`) are left out of
+  the loss: their outputs say nothing about the text, and a batch padded to a fixed length is
+  mostly padding.
 The result goes back into the graph's own buffers: hard rounding -> integer codes, learned steps
 -> scales. Zero points and the graph's structure are unchanged, so the export is unchanged.
 
@@ -17,7 +20,7 @@ schedules follow elapsed time; None = no limit, the only setting whose result do
 the machine's speed),
 recon_seed, recon_batch_size, recon_drop_prob (p), recon_weight_lr, recon_scale_lr,
 recon_round_weight, recon_warmup (fraction without the regularizer), recon_adds_per_block
-(2 = attention + MLP of a transformer block).
+(2 = attention + MLP of a transformer block), recon_skip_padding.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from fxquant.blocks import Block, block_module, drop_unneeded, run_block, split_
 from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
-from fxquant.options import COUNT, NON_NEGATIVE, POSITIVE_INT, PROBABILITY, Options, option, optional
+from fxquant.options import BOOL, COUNT, NON_NEGATIVE, POSITIVE_INT, PROBABILITY, Options, option, optional
+from fxquant.padding import token_mask
 from fxquant.passes.contract import graph_pass, quantized
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
 from fxquant.quantizers.custom_op import split_call
@@ -59,6 +63,7 @@ class ReconOptions(Options):
     recon_round_weight: float = option(0.01, NON_NEGATIVE)
     recon_warmup: float = option(0.2, PROBABILITY)
     recon_adds_per_block: int = option(2, POSITIVE_INT)
+    recon_skip_padding: bool = option(True, BOOL)      # padding tokens' outputs left out of the loss
 
 
 class _Dropper:
@@ -221,9 +226,13 @@ class _TrainableBlock:
             getattr(self.module, scale_name).copy_(step.scale)
 
 
-def _lp_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """QDrop's reconstruction loss: squared error summed over dim 1, averaged over the rest."""
-    return (out - target).pow(2).sum(1).mean()
+def _lp_loss(out: torch.Tensor, target: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """QDrop's reconstruction loss: squared error summed over dim 1, averaged over the rest; an
+    output laid out (samples, tokens, ...) counts only the tokens `kept` marks True."""
+    error = (out - target).pow(2)
+    if kept is not None and error.shape[:2] == kept.shape:
+        error = error * kept.reshape(*kept.shape, *[1] * (error.ndim - 2))
+    return error.sum(1).mean()
 
 
 def _beta(progress: float, warmup: float, start: float = 20.0, end: float = 2.0) -> float:
@@ -231,8 +240,8 @@ def _beta(progress: float, warmup: float, start: float = 20.0, end: float = 2.0)
     return end + (start - end) * max(0.0, 1 - rel)
 
 
-def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts: ReconOptions,
-           seconds: float | None, bar: tqdm) -> dict:
+def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, kept,
+           opts: ReconOptions, seconds: float | None, bar: tqdm) -> dict:
     inputs = [v.name for v in spec.inputs if v.name in q_cache]
     outputs = [v.name for v in spec.outputs]
     roundings = list(block.roundings.values())
@@ -253,7 +262,8 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, opts:
         idx = torch.randint(total, (opts.recon_batch_size,), generator=block.drop.generator)
         feed = {n: block.drop.mix(q_cache[n][idx], f_cache[n][idx]) for n in inputs}
         outs = block.module(**feed)
-        rec = sum(_lp_loss(o, targets[name][idx]) for o, name in zip(outs, outputs)
+        kept_now = None if kept is None else kept[idx]
+        rec = sum(_lp_loss(o, targets[name][idx], kept_now) for o, name in zip(outs, outputs)
                   if isinstance(o, torch.Tensor) and o.is_floating_point())  # not masks or sizes
         loss = rec
         if progress >= warmup and roundings:
@@ -292,6 +302,8 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
             [(len(b.inputs), len(b.outputs)) for b in f_blocks]:
         raise FxQuantError("the quantized graph and its float reference split into different blocks")
     q_cache = graph_inputs(gm, calib_loader)
+    kept_tokens = token_mask(gm) if opts.recon_skip_padding else None
+    kept = kept_tokens(q_cache) if kept_tokens else None
     f_cache = dict(q_cache)   # float values under the quantized graph's names (a quantizer's
     #                           output there is its input in the reference: same place, other name)
     drop = _Dropper(opts.recon_drop_prob, torch.Generator().manual_seed(opts.recon_seed))
@@ -306,12 +318,13 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
         if block.roundings or block.steps:
             seconds = None if budget is None else \
                 max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)
-            stats.append(_train(block, qb, q_cache, f_cache, targets, opts, seconds, bar))
+            stats.append(_train(block, qb, q_cache, f_cache, targets, kept, opts, seconds, bar))
             block.write_back()
         q_cache.update(run_block(block_module(gm, qb), qb, q_cache))
         f_cache.update(targets)
         for cache in (q_cache, f_cache):
             drop_unneeded(cache, q_blocks[i + 1:])
     bar.close()
-    gm.meta["recon"] = {"seconds": round(time.perf_counter() - start, 2), "blocks": stats}
+    gm.meta["recon"] = {"seconds": round(time.perf_counter() - start, 2), "blocks": stats,
+                        "tokens_kept": None if kept is None else round(kept.float().mean().item(), 4)}
     return gm

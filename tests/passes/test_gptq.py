@@ -148,36 +148,19 @@ def test_a_singular_hessian_without_damping_is_refused():
         gptq_codes(w, h, torch.ones(4), torch.zeros(4, dtype=torch.int32), -4, 3, damp=0.0)
 
 
-class _Masked(nn.Module):
-    """Attention over tokens with a padding mask (1 = token, 0 = padding), as text encoders take it."""
-
-    def __init__(self, d=16):
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-
-    def forward(self, x, attention_mask):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        bias = (1.0 - attention_mask[:, None, :].float()) * -1e9
-        return x + self.proj(((q @ k.transpose(-2, -1)) * 0.25 + bias).softmax(-1) @ v)
-
-
-def _masked_codes(pad_value: float, skip_padding: bool):
-    g = torch.Generator().manual_seed(0)
-    mask = (torch.arange(12) < torch.randint(4, 12, (32, 1), generator=g)).long()
-    x = torch.randn(32, 12, 16, generator=g) * 2
-    x = torch.where(mask[..., None].bool(), x, pad_value * torch.randn(32, 12, 16, generator=g))
+def _masked_codes(padded_attention, pad_value: float, skip_padding: bool):
+    model, batch = padded_attention(pad_value)
     cfg = replace(config.resolve("minmax+gptq", "w3a8"), options={"gptq_skip_padding": skip_padding})
-    torch.manual_seed(0)
-    qmodel = fxquant.convert(_Masked(), [{"x": x, "attention_mask": mask}], cfg)
+    qmodel = fxquant.convert(model, [batch], cfg)
     codes = [b.clone() for k, b in qmodel.named_buffers() if k.endswith("_weight_codes")]
-    return codes, qmodel.meta["gptq"]["rows_kept"], mask.float().mean().item()
+    return codes, qmodel.meta["gptq"]["rows_kept"], batch["attention_mask"].float().mean().item()
 
 
-def test_padding_tokens_do_not_count():
+def test_padding_tokens_do_not_count(padded_attention):
     """Padding rows changed (within the activation ranges real tokens set): the same codes when
     they are skipped, other codes when they count."""
-    skipped = [_masked_codes(pad, True) for pad in (0.0, 0.3)]
-    counted = [_masked_codes(pad, False) for pad in (0.0, 0.3)]
+    skipped = [_masked_codes(padded_attention, pad, True) for pad in (0.0, 0.3)]
+    counted = [_masked_codes(padded_attention, pad, False) for pad in (0.0, 0.3)]
     assert skipped[0][1] == pytest.approx(skipped[0][2], abs=1e-4) and counted[0][1] is None
     assert all(torch.equal(a, b) for a, b in zip(skipped[0][0], skipped[1][0]))
     assert not all(torch.equal(a, b) for a, b in zip(counted[0][0], counted[1][0]))

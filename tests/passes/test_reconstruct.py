@@ -111,3 +111,23 @@ def test_a_quantized_value_read_across_a_cut_is_matched_to_its_float_value():
     cfg = replace(config.resolve("minmax", "w3a4"), options={"recon_iters": 3, "recon_adds_per_block": 1})
     qmodel = reconstruct(fxquant.convert(model, calib, cfg), cfg, calib)
     assert [b["iters"] for b in qmodel.meta["recon"]["blocks"]] == [3, 3]
+
+
+def _masked_recon(padded_attention, pad_value: float, skip_padding: bool):
+    model, batch = padded_attention(pad_value)
+    cfg = replace(config.resolve("minmax+recon", "w3a8"),
+                  options={"recon_iters": 20, "recon_skip_padding": skip_padding})
+    qmodel = fxquant.convert(model, [batch], cfg)
+    return dict(qmodel.named_buffers()), qmodel.meta["recon"]["tokens_kept"]
+
+
+def test_padding_tokens_do_not_count(padded_attention):
+    """Padding tokens' inputs changed: the same learned codes and steps when their outputs are
+    left out of the loss, others when they count."""
+    skipped = [_masked_recon(padded_attention, pad, True) for pad in (0.0, 0.3)]
+    counted = [_masked_recon(padded_attention, pad, False) for pad in (0.0, 0.3)]
+    mask = padded_attention(0.0)[1]["attention_mask"]
+    assert skipped[0][1] == pytest.approx(mask.float().mean().item(), abs=1e-4)
+    assert counted[0][1] is None
+    assert all(torch.equal(v, skipped[1][0][k]) for k, v in skipped[0][0].items())
+    assert not all(torch.equal(v, counted[1][0][k]) for k, v in counted[0][0].items())
