@@ -70,7 +70,7 @@ REPQ_VIT_MLP = register_recipe(replace(
     roles={**ROLES, roles.POST_GELU: RoleSpec(observer="mse", per_channel=True)},
     options={"smooth_alpha": 1.0},  # chosen on the STS-B dev split (benchmarks/stsb.md)
     summary="repq-vit with the MLP's hidden activations smoothed channel by channel into fc2 (a "
-            "float Mul before the quantizer): BERT-style encoders, at 3 bits with +gptq"))
+            "float Mul before the quantizer): BERT-style encoders, at 3-4 bits with +recon"))
 REPQ_VIT_ROT = register_recipe(replace(
     REPQ_VIT_MLP, name="repq-vit-rot", options={**REPQ_VIT_MLP.options, "fold_rotate": True},
     summary="repq-vit-mlp with each folded post-LayerNorm quantizer input rotated by a Hadamard "
