@@ -36,7 +36,7 @@ from fxquant.methods import repq_vit
 
 DOPQ_VIT = register_recipe(replace(
     repq_vit.REPQ_VIT, name="dopq-vit", refine=("recon",), options={"fold_target": "median"},
-    suggested_bits=("w3a3",), summary="the one to use at 3 bits: repq-vit with TanQ attention, MOSF "
-                                      "and minutes of block reconstruction",
+    suggested_bits=("w3a3",), summary="the one to use at 3 bits on ViTs: repq-vit with TanQ attention, "
+                                      "MOSF and minutes of block reconstruction",
     roles={**repq_vit.ROLES, roles.POST_SOFTMAX: RoleSpec(quantizer="tan", observer="mse", bits="attn")}))
 RECIPES = (DOPQ_VIT,)
