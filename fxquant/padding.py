@@ -3,7 +3,8 @@
 A padded text batch computes every position, but what the padding positions hold says nothing
 about the text, and no real token reads them (the masks drop them as keys). Ranges fitted over
 them, or Hessians summed over them, describe the padding: at 64 tokens the padding is most of a
-typical STS-B batch. Calibration (`calibrate.calibrate`) and GPTQ leave those tokens out.
+typical STS-B batch. Calibration (`calibrate.calibrate`), GPTQ and reconstruction leave those
+tokens out; the export's self-check compares only real tokens.
 """
 from __future__ import annotations
 
@@ -40,3 +41,10 @@ def token_mask(gm: fx.GraphModule) -> TokenMask | None:
             result = keep if result is None else result & keep
         return result
     return kept
+
+
+def kept_tokens(gm: fx.GraphModule, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """`token_mask` run once on whole graph inputs (by placeholder name): (samples, tokens), True
+    at real tokens; None when the graph has no padding mask."""
+    kept = token_mask(gm)
+    return kept(inputs) if kept else None

@@ -26,7 +26,7 @@ from fxquant.errors import ExportMismatch, FxQuantError
 from fxquant.lowering import saturation
 from fxquant.lowering.ort_rules import optimize_for_onnxruntime
 from fxquant.lowering.runtime import TARGET_KEY, OnnxModule
-from fxquant.padding import token_mask
+from fxquant.padding import kept_tokens
 from fxquant.quantized_model import QuantizedModel
 from fxquant.quantizers import ONNX_TRANSLATIONS
 
@@ -180,8 +180,7 @@ def _real_tokens(outputs, keep: torch.Tensor | None) -> list[torch.Tensor]:
 
 def _padding_kept(qmodel: QuantizedModel, example: ModelInputs) -> torch.Tensor | None:
     """(samples, tokens), True at the example's real tokens, when the graph has a padding mask."""
-    kept_tokens = token_mask(qmodel)
-    return kept_tokens(graph_inputs(qmodel, [example])) if kept_tokens else None
+    return kept_tokens(qmodel, graph_inputs(qmodel, [example]))
 
 
 def _check_numerics(onnx_module: OnnxModule, example_input, reference, tolerance: float,

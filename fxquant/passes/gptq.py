@@ -40,7 +40,7 @@ from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
 from fxquant.observers.observer import token_rows
 from fxquant.options import BOOL, NON_NEGATIVE, POSITIVE_INT, Options, option
-from fxquant.padding import token_mask
+from fxquant.padding import kept_tokens
 from fxquant.passes.contract import graph_pass, quantized
 from fxquant.quantizers.uniform import broadcast_shape, dequantize
 
@@ -164,8 +164,7 @@ def gptq(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable) -> fx.
     blocks = split_blocks(gm)
     layers = [[n for n in b.nodes if _roundable(n)] for b in blocks]
     cache = graph_inputs(gm, calib_loader)
-    kept_tokens = token_mask(gm) if opts.gptq_skip_padding else None
-    kept = kept_tokens(cache) if kept_tokens else None
+    kept = kept_tokens(gm, cache) if opts.gptq_skip_padding else None
     stats = []
     bar = tqdm(total=sum(map(len, layers)), desc="gptq", leave=False)
     for i, (block, weighted) in enumerate(zip(blocks, layers)):

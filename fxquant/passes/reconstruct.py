@@ -40,7 +40,7 @@ from fxquant.calibrate import graph_inputs
 from fxquant.config import QuantConfig
 from fxquant.errors import FxQuantError
 from fxquant.options import BOOL, COUNT, NON_NEGATIVE, POSITIVE_INT, PROBABILITY, Options, option, optional
-from fxquant.padding import token_mask
+from fxquant.padding import kept_tokens
 from fxquant.passes.contract import graph_pass, quantized
 from fxquant.passes.float_reference import float_reference, is_activation_quantizer
 from fxquant.quantizers.custom_op import split_call
@@ -302,8 +302,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
             [(len(b.inputs), len(b.outputs)) for b in f_blocks]:
         raise FxQuantError("the quantized graph and its float reference split into different blocks")
     q_cache = graph_inputs(gm, calib_loader)
-    kept_tokens = token_mask(gm) if opts.recon_skip_padding else None
-    kept = kept_tokens(q_cache) if kept_tokens else None
+    kept = kept_tokens(gm, q_cache) if opts.recon_skip_padding else None
     f_cache = dict(q_cache)   # float values under the quantized graph's names (a quantizer's
     #                           output there is its input in the reference: same place, other name)
     drop = _Dropper(opts.recon_drop_prob, torch.Generator().manual_seed(opts.recon_seed))
