@@ -180,12 +180,15 @@ def _is_add(node: fx.Node) -> bool:
 def residual_adds(gm: fx.GraphModule) -> list[fx.Node]:
     """`skip + branch(skip)` where the branch holds a Linear/Conv: the ends of residual branches.
 
-    Adds inside a branch (a decomposed GELU's `x + c*x^3`, bias or mask adds) do not count: their
-    second operand is not computed from the first through a weighted layer.
+    Adds inside a branch (a decomposed GELU's `x + c*x^3`, bias adds) do not count: their second
+    operand is not computed from the first through a weighted layer. Attention padding mask adds
+    do not either, though a mask shared by the layers is: the second layer's scores come from it
+    through the first layer.
     """
     found = []
     for node in gm.graph.nodes:
-        operands = [a for a in node.args[:2] if isinstance(a, fx.Node)] if _is_add(node) else []
+        operands = [a for a in node.args[:2] if isinstance(a, fx.Node)] \
+            if _is_add(node) and attention_mask_add(gm, node) is None else []
         if len(operands) == 2 and any(_through_weighted(gm, skip, branch)
                                       for skip, branch in (operands, operands[::-1])):
             found.append(node)

@@ -92,3 +92,30 @@ def test_shapes_read_across_a_cut_are_computed_again_by_the_block_that_reads_the
     shapes = [n for n in first.nodes if n.target is getattr]
     assert len(shapes) == 2 and all(n in second.nodes and n not in first.outputs for n in shapes)
     assert [v.op for v in second.inputs if v not in first.outputs] == ["placeholder"]
+
+
+class _MaskedLayers(nn.Module):
+    """Two attention layers reading one padding mask, as a text encoder's layers do."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.qkv, self.proj = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(2)), \
+            nn.ModuleList(nn.Linear(d, d) for _ in range(2))
+
+    def forward(self, x, attention_mask):
+        bias = (1.0 - attention_mask[:, None, :].float()) * -1e9
+        for qkv, proj in zip(self.qkv, self.proj):
+            q, k, v = qkv(x).chunk(3, dim=-1)
+            x = x + proj(((q @ k.transpose(-2, -1)) + bias).softmax(-1) @ v)
+        return x
+
+
+def test_a_padding_mask_shared_by_the_layers_is_not_a_residual_add():
+    """The second layer's mask add reads the mask and, through the first layer's Linears, values
+    made from it: still not the end of a residual branch, so no block is cut inside attention."""
+    example = {"x": torch.randn(2, 5, 8),
+               "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    gm = trace(_MaskedLayers(), example_inputs=example)
+    adds = patterns.residual_adds(gm)
+    assert len(adds) == 2
+    assert all(patterns.is_weighted(gm, n.args[0]) or patterns.is_weighted(gm, n.args[1]) for n in adds)

@@ -7,6 +7,7 @@ from torch import nn
 import fxquant
 from fxquant import FxQuantError, config
 from fxquant.passes.float_reference import float_reference
+from fxquant.passes import reconstruct as reconstruct_module
 from fxquant.passes.reconstruct import reconstruct
 
 
@@ -131,3 +132,47 @@ def test_padding_tokens_do_not_count(padded_attention):
     assert counted[0][1] is None
     assert all(torch.equal(v, skipped[1][0][k]) for k, v in skipped[0][0].items())
     assert not all(torch.equal(v, counted[1][0][k]) for k, v in counted[0][0].items())
+
+
+def test_padding_positions_are_cut_without_changing_the_result(padded_attention, monkeypatch):
+    """Positions that are padding in a whole minibatch are not computed; training is the same."""
+    model, batch = padded_attention(0.3)
+    cfg = replace(config.resolve("minmax+recon", "w3a8"),
+                  options={"recon_iters": 20, "recon_drop_prob": 1.0})
+    cut = fxquant.convert(model, [batch], cfg)
+    monkeypatch.setattr(reconstruct_module, "_cutting_is_exact", lambda *args: False)
+    whole = fxquant.convert(model, [batch], cfg)
+    assert [b["padding_cut"] for b in cut.meta["recon"]["blocks"]] == [True]
+    assert [b["padding_cut"] for b in whole.meta["recon"]["blocks"]] == [False]
+    for name, value in whole.named_buffers():
+        torch.testing.assert_close(dict(cut.named_buffers())[name], value, rtol=1e-4, atol=1e-6)
+
+
+class _FixedLength(nn.Module):
+    """Masked attention with a position table as long as the padded batch: cannot run cut."""
+
+    def __init__(self, masked: nn.Module, tokens: int = 12, d: int = 16):
+        super().__init__()
+        self.masked, self.position = masked, nn.Parameter(torch.randn(tokens, d))
+
+    def forward(self, x, attention_mask):
+        return self.masked(x + self.position, attention_mask)
+
+
+class _MeanOverPadding(nn.Module):
+    """Masked attention averaged over every position, padding included: runs cut, differs."""
+
+    def __init__(self, masked: nn.Module):
+        super().__init__()
+        self.masked = masked
+
+    def forward(self, x, attention_mask):
+        return self.masked(x, attention_mask).mean(1)
+
+
+@pytest.mark.parametrize("wrap", [_FixedLength, _MeanOverPadding])
+def test_a_block_that_needs_its_padding_positions_trains_on_every_position(padded_attention, wrap):
+    model, batch = padded_attention(0.3)
+    cfg = replace(config.resolve("minmax+recon", "w3a8"), options={"recon_iters": 5})
+    qmodel = fxquant.convert(wrap(model), [batch], cfg)
+    assert [(b["padding_cut"], b["iters"]) for b in qmodel.meta["recon"]["blocks"]] == [(False, 5)]
