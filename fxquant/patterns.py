@@ -182,8 +182,8 @@ def residual_adds(gm: fx.GraphModule) -> list[fx.Node]:
 
     Adds inside a branch (a decomposed GELU's `x + c*x^3`, bias adds) do not count: their second
     operand is not computed from the first through a weighted layer. Attention padding mask adds
-    do not either, though a mask shared by the layers is: the second layer's scores come from it
-    through the first layer.
+    do not count either, though where the layers share one mask the second layer's scores are
+    computed from it through the first layer's Linears.
     """
     found = []
     for node in gm.graph.nodes:
