@@ -29,17 +29,22 @@ def _logits(model, loader, desc: str) -> torch.Tensor:
 
 def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
     """Export `qmodel` and compare it with its ONNX in onnxruntime on the first `images` images of
-    `loader` (whole batches; all when None): the agreement statistics, the images used, and how
-    many of the file's integer GEMMs could saturate on a CPU without VNNI."""
+    `loader` (whole batches; all when None): the agreement statistics, each runtime's top-1 on those
+    images, the images used, and how many of the file's integer GEMMs could saturate on a CPU
+    without VNNI."""
     if images is not None:
         batch = len(next(iter(loader))[0])
         loader = list(itertools.islice(loader, -(-images // batch)))
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(loader))[0][:1])
-        stats = agreement(_logits(qmodel, loader, f"{tag} (PyTorch)"),
-                          _logits(OnnxModule(path), loader, f"{tag} (onnxruntime)"))
+        torch_logits = _logits(qmodel, loader, f"{tag} (PyTorch)")
+        ort_logits = _logits(OnnxModule(path), loader, f"{tag} (onnxruntime)")
         risky = len(saturation.saturating(path))
-    return {"images": sum(len(x) for x, _ in loader), **stats, "gemms_saturating_without_vnni": risky}
+    labels = torch.cat([y for _, y in loader])
+    return {"images": len(labels), **agreement(torch_logits, ort_logits),
+            "pytorch_top1": (torch_logits.argmax(-1) == labels).float().mean().item(),
+            "onnxruntime_top1": (ort_logits.argmax(-1) == labels).float().mean().item(),
+            "gemms_saturating_without_vnni": risky}
 
 
 def run(args: argparse.Namespace) -> dict:
