@@ -105,11 +105,11 @@ def parse_bits(bits: str) -> dict[str, int | None]:
     return parsed
 
 
-def resolve(config: str | QuantConfig, bits: str | None = None,
-            target: str | None = None) -> QuantConfig:
-    """A recipe name (with `+rewrite` / `+refinement` suffixes) or a QuantConfig, with bits and target applied.
-    Pass names and the passes' options are not checked here (pipeline.check does: the passes
-    import the config)."""
+def resolve(config: str | QuantConfig, bits: str | None = None, target: str | None = None,
+            options: Mapping[str, object] | None = None) -> QuantConfig:
+    """A recipe name (with `+rewrite` / `+refinement` suffixes) or a QuantConfig, with bits, target
+    and `options` (values over the recipe's, e.g. {"recon_iters": 2000}) applied. Pass names and
+    the passes' options are not checked here (pipeline.check does: the passes import the config)."""
     if not isinstance(config, (str, QuantConfig)):
         raise FxQuantError(f"config must be a recipe name or a QuantConfig, not {type(config).__name__}: "
                            f"choose one of {sorted(RECIPES)}")
@@ -128,4 +128,6 @@ def resolve(config: str | QuantConfig, bits: str | None = None,
         default = cfg.roles.get(roles.LINEAR_INPUT, RoleSpec())
         cfg = replace(cfg, roles={**{r: default for r in roles.FULLY_QUANTIZED_ROLES}, **cfg.roles})
     cfg = replace(cfg, target=targets.check_target(cfg.target if target is None else target))
+    if options:
+        cfg = replace(cfg, options={**cfg.options, **options})
     return replace(cfg, **parse_bits(bits)) if bits else cfg

@@ -3,6 +3,8 @@ every field an option key with its default and the rule its value must follow, s
 key or a wrong value fails in one line before calibration (pipeline.check)."""
 from __future__ import annotations
 
+import argparse
+import ast
 import difflib
 import math
 from dataclasses import dataclass, field, fields
@@ -83,3 +85,25 @@ class Options:
             if key not in cls.keys():
                 raise unknown_option(key, cls.keys())
         return cls(**mine)
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` as written on the command line: the value read as a Python literal (2000, 0.5,
+    None, True), anything else as the text itself (median). The key and value are checked later,
+    against the passes' Options, like any `QuantConfig.options`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. recon_iters=2000")
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """`--option KEY=VALUE ...` for every command that quantizes: pass options over the recipe's."""
+    parser.add_argument("--option", nargs="+", action="extend", type=parse_assignment, default=[],
+                        metavar="KEY=VALUE",
+                        help="pass options over the recipe's, e.g. recon_iters=2000 "
+                             "recon_max_seconds=None (an unknown key is refused, naming the "
+                             "closest known one)")

@@ -11,11 +11,11 @@ from dataclasses import asdict, replace
 
 import torch
 
-from fxquant import cpu, target, workload
+from fxquant import cpu, options, pipeline, target, workload
 from fxquant.allocator import return_freed_memory
 from fxquant.annotation import release_float_weights
 from fxquant.api import convert
-from fxquant.config import FULLY_QUANTIZED, resolve
+from fxquant.config import FULLY_QUANTIZED, QuantConfig, resolve
 from fxquant.errors import FxQuantError
 from fxquant.evaluate import top1
 from fxquant.ignored_scope import IgnoredScope
@@ -52,6 +52,7 @@ def add_cell_options(q: argparse.ArgumentParser) -> None:
     """How a model is converted, exported and run, apart from its model, recipe and bits: the
     options `fxquant sweep` passes to every cell."""
     target.add_argument(q)
+    options.add_argument(q)
     q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     q.add_argument("--no-verify", action="store_true",
                    help="write the ONNX file even if onnxruntime disagrees with PyTorch on it")
@@ -62,10 +63,10 @@ def add_cell_options(q: argparse.ArgumentParser) -> None:
                         "`fxquant sweep`): fix it to compare runs across machines")
 
 
-def _recipe(args: argparse.Namespace):
+def _recipe(args: argparse.Namespace) -> QuantConfig:
+    cfg = resolve(args.recipe, options=dict(args.option))
     if not args.fully_quantized:
-        return args.recipe
-    cfg = resolve(args.recipe)
+        return cfg
     return replace(cfg, name=f"{cfg.name}-fully-quantized", options={**cfg.options, FULLY_QUANTIZED: True})
 
 
@@ -74,19 +75,21 @@ def run(args: argparse.Namespace) -> dict:
         raise FxQuantError(f"--threads must be at least 1, got {args.threads}")
     if args.out is not None and not args.no_onnx:
         check_destination(args.out)  # before minutes of calibration
+    recipe = _recipe(args)
+    pipeline.check(recipe)  # a misspelled pass or option fails before the model loads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     return_freed_memory()  # before the model: the peak is then what the job holds at once
     work = workload.from_args(args)
     scope = IgnoredScope(names=args.ignore_names, patterns=args.ignore_patterns,
                          types=args.ignore_types, roles=args.ignore_roles)
-    qmodel = convert(work.loaded.model, work.calib, _recipe(args), args.bits, target=args.target,
+    qmodel = convert(work.loaded.model, work.calib, recipe, args.bits, target=args.target,
                      ignored_scope=scope)
     for part in qmodel.float_parts:
         print(f"kept float: {part}")
     result = {"model": work.loaded.name, "recipe": qmodel.config.name,
               "bits": qmodel.config.bits_label, "target": qmodel.config.target,
-              "cpu": cpu.current().kind, "calib_images": work.calib_images,
+              "options": dict(args.option), "cpu": cpu.current().kind, "calib_images": work.calib_images,
               "eval_images": work.eval_images, "fp32_top1": None, "quant_top1": None,
               "convert_seconds": round(qmodel.convert_seconds, 2),
               "float_parts": [asdict(part) for part in qmodel.float_parts]}

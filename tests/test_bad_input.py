@@ -46,6 +46,16 @@ def test_out_in_a_missing_directory_is_refused_before_loading(capsys, cwd, monke
     assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.parametrize("options, message", [
+    (["recon_itres=5"], "unknown option 'recon_itres': did you mean 'recon_iters'?"),
+    (["recon_iters=-1"], "option recon_iters=-1 is not allowed: it must be an int >= 1"),
+])
+def test_a_wrong_pass_option_is_refused_before_loading(capsys, cwd, monkeypatch, options, message):
+    _no_loading(monkeypatch)
+    _refused(capsys, ["--recipe", "repq-vit+recon", "--option", *options], message)
+    assert list(cwd.iterdir()) == []
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["--calib", "-1"], "--calib must be at least 1, got -1"),

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fxquant import config, cpu, pipeline, target, workload
+from fxquant import config, cpu, options, pipeline, target, workload
 from fxquant.api import convert
 from fxquant.bench.fp32_onnx import export_float_onnx
 from fxquant.bench.peers import PEERS, PeerInputs
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true",
                    help="recipes in PyTorch numerics only (no export, no onnxruntime column)")
     target.add_argument(p)
+    options.add_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -72,17 +73,18 @@ def select_peers(names: list[str] | None, bits: list[str]) -> list:
 
 
 def _recipe_row(work: workload.Workload, recipe: str, bits: str, tmp: Path, example,
-                onnx: bool, target_name: str) -> dict:
+                args: argparse.Namespace) -> dict:
     row = {"recipe": recipe, "bits": bits, "torch_top1": None, "onnx_top1": None,
            "convert_seconds": None}
     try:
-        qmodel = convert(work.loaded.model, work.calib, recipe, bits, target=target_name)
+        qmodel = convert(work.loaded.model, work.calib, config.resolve(recipe, options=dict(args.option)),
+                         bits, target=args.target)
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
         row["torch_top1"] = top1(qmodel, work.test, f"{recipe} {bits} (PyTorch)")
     except Exception as e:  # a failing recipe is a result too
         row["error"] = error_line(e)
         return row
-    if not onnx:
+    if args.no_onnx:
         return row
     try:
         path, refusal = export_scored(qmodel, tmp / f"{recipe}_{bits}.onnx", example)
@@ -114,7 +116,7 @@ def peer_row(peer, inputs: PeerInputs, key: str, score: Callable[[Callable], flo
 def run(args: argparse.Namespace) -> dict:
     recipes = list(config.RECIPES) if args.recipes is None else args.recipes
     for name in recipes:
-        pipeline.check(config.resolve(name))
+        pipeline.check(config.resolve(name, options=dict(args.option)))
     for bits in args.bits:
         config.parse_bits(bits)
     peers = select_peers(args.peers, args.bits)
@@ -123,14 +125,15 @@ def run(args: argparse.Namespace) -> dict:
         raise FxQuantError("bench accuracy needs test images: --eval must not be 0")
     example = next(iter(work.calib))[0][:1]
     result = {"model": work.loaded.name, "eval_images": work.eval_images,
-              "calib_images": work.calib_images, "target": args.target, **cpu.current().as_dict(),
+              "calib_images": work.calib_images, "target": args.target, "options": dict(args.option),
+              **cpu.current().as_dict(),
               "calib_data": Path(args.calib_data).name, "test_data": Path(args.test_data).name,
               "fp32_top1": top1(work.loaded.model, work.test, "fp32 (PyTorch)")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fp32 = export_float_onnx(work.loaded.model, tmp / "fp32.onnx", example)
         result["fp32_onnx_top1"] = top1(OnnxModule(fp32), work.test, "fp32 (onnxruntime)")
-        result["results"] = [_recipe_row(work, r, b, tmp, example, not args.no_onnx, args.target)
+        result["results"] = [_recipe_row(work, r, b, tmp, example, args)
                              for r in recipes for b in args.bits]
         inputs = PeerInputs(work.loaded.model, fp32, [batch[0] for batch in work.calib], tmp)
         result["peers"] = [peer_row(p, inputs, "top1",
@@ -174,6 +177,8 @@ def markdown(r: dict) -> str:
     saturating = [f"{x.get('recipe', x.get('name'))} {x['bits']}: {x['gemms_saturating_without_vnni']}"
                   for x in (*r["results"], *r["peers"]) if "gemms_saturating_without_vnni" in x]
     lines += ["", f"fxquant target {r['target']}; CPU: {r['cpu_model']} ({r['cpu_kind']})."]
+    if r.get("options"):
+        lines[-1] += " Options over the recipes': " + ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) + "."
     if saturating:
         lines[-1] += (" Integer GEMMs that can saturate on x86 without VNNI (lowering/saturation.py): "
                       + ", ".join(saturating))

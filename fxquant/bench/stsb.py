@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fxquant import config, cpu, pipeline, target
+from fxquant import config, cpu, options, pipeline, target
 from fxquant.api import convert
 from fxquant.bench import accuracy
 from fxquant.bench.fp32_onnx import export_float_onnx
@@ -169,6 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the ONNX files (fp32.onnx, RECIPE_BITS.onnx) in DIR, e.g. for "
                         "`fxquant bench latency`")
     target.add_argument(p)
+    options.add_argument(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -180,7 +181,8 @@ def _recipe_row(args, model, tokenizer, data, reference: np.ndarray, calib, reci
     choosing on dev)."""
     row = {"recipe": recipe, "bits": bits, "torch": None, "onnx": None, "convert_seconds": None}
     try:
-        qmodel = convert(model, calib, recipe, bits, input_names=INPUTS, target=args.target)
+        qmodel = convert(model, calib, config.resolve(recipe, options=dict(args.option)), bits,
+                         input_names=INPUTS, target=args.target)
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
         cosines = pair_cosines(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
         row["torch"] = 100 * spearman(cosines, data.gold)
@@ -207,7 +209,7 @@ def _recipe_row(args, model, tokenizer, data, reference: np.ndarray, calib, reci
 def run(args: argparse.Namespace) -> dict:
     recipes = args.recipes or list(config.RECIPES)
     for name in recipes:
-        pipeline.check(config.resolve(name))
+        pipeline.check(config.resolve(name, options=dict(args.option)))
     for bits in args.bits:
         config.parse_bits(bits)
     peers = accuracy.select_peers(args.peers, args.bits) if args.peers else []
@@ -218,7 +220,8 @@ def run(args: argparse.Namespace) -> dict:
     # Padded to 64 tokens: the peers' FP32 ONNX fixes the sequence length.
     calib = batches(tokenizer, sentences, 32, pad_to_max=True)
     reference = pair_cosines(model, tokenizer, data, args.batch_size, desc="fp32")
-    result = {"model": "all-MiniLM-L6-v2", "target": args.target, **cpu.current().as_dict(),
+    result = {"model": "all-MiniLM-L6-v2", "target": args.target, "options": dict(args.option),
+              **cpu.current().as_dict(),
               "split": args.split, "pairs": len(data.gold), "calib_sentences": len(sentences),
               "calib_seed": args.seed, "attn": args.attn, "fp32": 100 * spearman(reference, data.gold)}
     if args.keep:
@@ -244,7 +247,7 @@ def markdown(r: dict) -> str:
                    "peers": [{**p, "top1": _fraction(p.get("onnx"))} for p in r["peers"]],
                    **dict.fromkeys(("model", "eval_images", "test_data", "calib_images", "calib_data",
                                     "fp32_top1", "fp32_onnx_top1")),
-                   **{k: r.get(k) for k in ("target", "cpu_model", "cpu_kind")}}
+                   **{k: r.get(k) for k in ("target", "options", "cpu_model", "cpu_kind")}}
     table = accuracy.markdown(as_accuracy).split("\n", 1)[1]
     fp32 = f"FP32 {r['fp32']:.2f} in PyTorch" + (
         f", {r['fp32_onnx']:.2f} in onnxruntime" if "fp32_onnx" in r else "")
