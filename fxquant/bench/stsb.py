@@ -184,6 +184,9 @@ def _recipe_row(args, model, tokenizer, data, reference: np.ndarray, calib, reci
         qmodel = convert(model, calib, config.resolve(recipe, options=dict(args.option)), bits,
                          input_names=INPUTS, target=args.target)
         row["convert_seconds"] = round(qmodel.convert_seconds, 2)
+        recon = qmodel.meta.get("recon")
+        if recon:  # what the time budget bought: iterations per block
+            row["recon_iters"] = [block["iters"] for block in recon["blocks"]]
         cosines = pair_cosines(qmodel, tokenizer, data, args.batch_size, desc=f"{recipe} {bits}")
         row["torch"] = 100 * spearman(cosines, data.gold)
         row["torch_fidelity"] = 100 * spearman(cosines, reference)

