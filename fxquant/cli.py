@@ -7,8 +7,10 @@ import importlib
 import json
 import sys
 
+from fxquant import quantize_command, report_command
+from fxquant.config import RECIPES
 from fxquant.errors import FxQuantError
-from fxquant.quantize_command import add_arguments as quantize_arguments
+from fxquant.pipeline import FLOAT_REWRITES, REFINEMENTS
 
 EXAMPLES = """examples:
   fxquant quantize --recipe repq-vit --bits w4a4     # the bundled model at 4 bits, integer ONNX
@@ -18,8 +20,7 @@ EXAMPLES = """examples:
 
 
 def _quantize(args: argparse.Namespace) -> dict:
-    from fxquant.quantize_command import run
-    return run(args)
+    return quantize_command.run(args)
 
 
 # `fxquant bench NAME` -> (module in fxquant.bench with add_arguments/run/markdown, help)
@@ -47,9 +48,8 @@ def _bench(module, args: argparse.Namespace) -> dict:
 
 
 def _report(args: argparse.Namespace) -> dict:
-    from fxquant.report_command import markdown, run
-    result = run(args)
-    print(markdown(result))
+    result = report_command.run(args)
+    print(report_command.markdown(result))
     return result
 
 
@@ -62,8 +62,6 @@ def _sweep(args: argparse.Namespace) -> dict:
 
 def _recipes(args: argparse.Namespace) -> None:
     """Print every recipe with what it is for and the bits that suit it (a JSON list with --json)."""
-    from fxquant.config import RECIPES
-    from fxquant.pipeline import FLOAT_REWRITES, REFINEMENTS
     rows = [{"name": name, "summary": RECIPES[name].summary, "bits": list(RECIPES[name].suggested_bits)}
             for name in sorted(RECIPES)]
     if args.json:
@@ -92,7 +90,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
     q = sub.add_parser("quantize", help="quantize a model, evaluate it, export ONNX")
-    quantize_arguments(q)
+    quantize_command.add_arguments(q)
     q.set_defaults(run=_quantize)
 
     recipes = sub.add_parser("recipes", help="list the recipes, what each is for, the bits that suit it")
@@ -109,10 +107,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             module.add_arguments(b)
             b.set_defaults(run=functools.partial(_bench, module))
 
-    from fxquant.report_command import add_arguments as report_arguments
     r = sub.add_parser("report", help="per-tensor SQNR and ranges (table + PNG), or plot "
                                       "accuracy against bit-width from `bench accuracy --json`")
-    report_arguments(r)
+    report_command.add_arguments(r)
     r.set_defaults(run=_report)
 
     s = sub.add_parser("sweep", help="models x recipes x bit-widths, each cell `fxquant quantize` "

@@ -4,6 +4,7 @@ from torch import nn
 import fxquant
 from fxquant import patterns, trace
 from fxquant.blocks import PerChunk, block_module, run_block, split_blocks
+from fxquant.passes.float_reference import float_reference
 
 
 class _Residual(nn.Module):
@@ -47,7 +48,6 @@ def test_float_reference_is_the_float_model():
     model = _Residual()
     x = torch.randn(16, 8)
     qmodel = fxquant.convert(model, [x], "minmax", "w3a3")
-    from fxquant.passes.float_reference import float_reference
     reference = float_reference(qmodel)
     torch.testing.assert_close(reference(x), model(x))
     assert not torch.allclose(qmodel(x), model(x), atol=1e-3)

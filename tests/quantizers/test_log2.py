@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from fxquant import FxQuantError, RoleSpec, roles
+from fxquant.lowering.export import to_onnx_ir
 from fxquant.lowering.parity import onnx_output
 from fxquant.observers.observer import Observer
 from fxquant import quantizers
@@ -73,7 +74,6 @@ def test_onnx_matches_the_reference_bit_for_bit(bits, root):
 
 @pytest.mark.parametrize("bits,root,dequantize_nodes", [(4, 2, 2), (4, 1, 2), (3, 1, 1), (6, 2, 0)])
 def test_up_to_two_branches_lower_to_uint8_dequantize_else_a_level_gather(bits, root, dequantize_nodes):
-    from fxquant.lowering.export import to_onnx_ir
     model = to_onnx_ir(_Log(LogQuantizer.make(bits, 0.5, root)).eval(), torch.rand(1, 8))
     types = [n.op_type for n in model.graph.all_nodes()]
     assert types.count("DequantizeLinear") == dequantize_nodes
