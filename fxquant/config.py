@@ -124,10 +124,10 @@ def resolve(config: str | QuantConfig, bits: str | None = None, target: str | No
         cfg = replace(RECIPES[base], rewrite=RECIPES[base].rewrite + rewrite,
                       refine=RECIPES[base].refine + refine)
         cfg = replace(cfg, name=config.strip().lower())
+    if options:
+        cfg = replace(cfg, options={**cfg.options, **options})
     if PipelineOptions.from_options(cfg.options).fully_quantized:
         default = cfg.roles.get(roles.LINEAR_INPUT, RoleSpec())
         cfg = replace(cfg, roles={**{r: default for r in roles.FULLY_QUANTIZED_ROLES}, **cfg.roles})
     cfg = replace(cfg, target=targets.check_target(cfg.target if target is None else target))
-    if options:
-        cfg = replace(cfg, options={**cfg.options, **options})
     return replace(cfg, **parse_bits(bits)) if bits else cfg
