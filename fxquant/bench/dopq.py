@@ -63,7 +63,7 @@ def _config(name: str, bits: str, args: argparse.Namespace) -> QuantConfig:
         options["recon_iters"] = args.recon_iters
     if args.recon_max_seconds is not None:
         options["recon_max_seconds"] = args.recon_max_seconds
-    return config.resolve(replace(cfg, options={**cfg.options, **options}), bits)
+    return config.resolve(cfg, bits, options=options)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -22,9 +22,13 @@ from fxquant.lowering.parity import agreement
 from fxquant.lowering.runtime import OnnxModule
 
 
-def _logits(model, loader, desc: str) -> torch.Tensor:
+def _logits_and_labels(model, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, labels = [], []
     with torch.no_grad():
-        return torch.cat([model(x) for x, _ in tqdm(loader, desc=desc, leave=False)])
+        for x, y in tqdm(loader, desc=desc, leave=False):
+            logits.append(model(x))
+            labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
 
 
 def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
@@ -37,10 +41,9 @@ def model_parity(qmodel, loader, tag: str, images: int | None = None) -> dict:
         loader = list(itertools.islice(loader, -(-images // batch)))
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(qmodel, Path(tmp) / "q.onnx", next(iter(loader))[0][:1])
-        torch_logits = _logits(qmodel, loader, f"{tag} (PyTorch)")
-        ort_logits = _logits(OnnxModule(path), loader, f"{tag} (onnxruntime)")
+        torch_logits, labels = _logits_and_labels(qmodel, loader, f"{tag} (PyTorch)")
+        ort_logits, _ = _logits_and_labels(OnnxModule(path), loader, f"{tag} (onnxruntime)")
         risky = len(saturation.saturating(path))
-    labels = torch.cat([y for _, y in loader])
     return {"images": len(labels), **agreement(torch_logits, ort_logits),
             "pytorch_top1": (torch_logits.argmax(-1) == labels).float().mean().item(),
             "onnxruntime_top1": (ort_logits.argmax(-1) == labels).float().mean().item(),
