@@ -28,9 +28,6 @@ class Annotation:
     # Set by passes.quantize, on a quantized F.linear / conv node (for refinements, never exported):
     float_weight: torch.Tensor | None = None   # the float weight its integer codes were rounded from
     weight_range: tuple[int, int] | None = None  # (qmin, qmax) of those codes
-    # Set by passes.gptq: the weight (float units) whose nearest rounding its codes are, when that
-    # is not float_weight; reconstruction starts its learned rounding there.
-    rounded_weight: torch.Tensor | None = None
 
 
 EMPTY = Annotation()
@@ -57,7 +54,7 @@ def release_float_weights(gm: fx.GraphModule) -> None:
     that needs neither (the export of a large model) can then let the float model go."""
     for node in gm.graph.nodes:
         if of(node).float_weight is not None:
-            update(node, float_weight=None, rounded_weight=None)
+            update(node, float_weight=None)
 
 
 def copy(source: fx.Node, node: fx.Node) -> None:

@@ -73,6 +73,16 @@ def check_options(options: Mapping[str, object]) -> None:
         kind.from_options(options)
 
 
+def _check_refinement_order(refine: tuple[str, ...]) -> None:
+    """`gptq` only re-chooses weight codes, and `recon` learns every code again from the float
+    weight, so GPTQ before reconstruction would be minutes thrown away without a word. After it,
+    GPTQ's codes replace the learned rounding and the learned activation steps stay."""
+    if "gptq" in refine and "recon" in refine[refine.index("gptq") + 1:]:
+        raise FxQuantError("+gptq before +recon has no effect: reconstruction learns every weight's "
+                           "rounding again from the float weight; put +gptq after +recon "
+                           "(dopq-vit+gptq, repq-vit+recon+gptq) or leave it out")
+
+
 def check(config: QuantConfig) -> None:
     """Refuse a recipe naming a pass, quantizer, observer method or option that does not exist, or
     an option value that is not allowed, before any work is done."""
@@ -84,6 +94,7 @@ def check(config: QuantConfig) -> None:
     if unknown:
         raise FxQuantError(f"unknown refinement {unknown[0]!r}: available are {sorted(REFINEMENTS)} "
                            f"(float rewrites: {sorted(FLOAT_REWRITES)})")
+    _check_refinement_order(config.refine)
     for role, spec in config.roles.items():
         quantizers.get(spec.quantizer)
         if spec.observer not in OBSERVER_METHODS:

@@ -120,3 +120,12 @@ def test_a_config_that_is_neither_a_name_nor_a_quantconfig_is_refused():
                                            "NoneType: choose one of") as raised:
         fxquant.convert(_model(), [torch.randn(4, 8)], config=None)
     assert "\n" not in str(raised.value)
+
+
+def test_gptq_before_reconstruction_is_refused_and_after_it_is_allowed():
+    # an empty loader would fail in calibration: the refusal comes first
+    with pytest.raises(FxQuantError, match=r"^\+gptq before \+recon has no effect: "):
+        fxquant.convert(_model(), [], "repq-vit+gptq+recon")
+    for recipe in ("dopq-vit+gptq", "repq-vit+recon+gptq"):
+        with pytest.raises(FxQuantError, match="calibration loader is empty"):
+            fxquant.convert(_model(), [], recipe)

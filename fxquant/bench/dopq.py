@@ -2,8 +2,7 @@
 
 Variants start from `repq-vit` and switch on DopQ-ViT's parts one by one: TanQ for post-Softmax,
 the MOSF (median) fold target, block reconstruction (`recon`); each alone, TanQ and MOSF with
-reconstruction held fixed, the `dopq-vit` recipe as registered, and dopq-vit's parts with GPTQ's
-rounding as reconstruction's starting point (`tanq+mosf+gptq+recon`). Reconstruction options
+reconstruction held fixed, and the `dopq-vit` recipe as registered. Reconstruction options
 (iterations, time budget, seed) come from the command line, so every variant gets the same.
 """
 from __future__ import annotations
@@ -20,10 +19,9 @@ from fxquant.config import QuantConfig, RoleSpec
 from fxquant.evaluate import top1
 
 PARTS = ("tanq", "mosf", "recon")
-REFINEMENTS = ("gptq", "recon")   # run in the order a variant names them
 VARIANTS = {"repq-vit": (), "tanq": ("tanq",), "mosf": ("mosf",), "recon": ("recon",),
             "tanq+recon": ("tanq", "recon"), "mosf+recon": ("mosf", "recon"),
-            "tanq+mosf+recon": PARTS, "tanq+mosf+gptq+recon": ("tanq", "mosf", "gptq", "recon")}
+            "tanq+mosf+recon": PARTS}
 BITS = ("w6a6", "w4a4", "w3a3")
 
 
@@ -35,7 +33,8 @@ def variant(parts: tuple[str, ...]) -> QuantConfig:
             quantizer="tan", observer="mse", bits="attn")})
     if "mosf" in parts:
         cfg = replace(cfg, options={**cfg.options, "fold_target": "median"})
-    cfg = replace(cfg, refine=cfg.refine + tuple(p for p in parts if p in REFINEMENTS))
+    if "recon" in parts:
+        cfg = replace(cfg, refine=cfg.refine + ("recon",))
     return replace(cfg, name="+".join(("repq-vit",) + parts))
 
 

@@ -29,8 +29,6 @@ Where fxquant differs
   recipe's weight observer) and not refitted, so the export keeps the same QDQ operators.
 - H is averaged over every input row the calibration set gives (padding tokens of a text model
   left out with gptq_skip_padding); the factor 2 is left out (it cancels).
-- `+gptq+recon`: reconstruction starts its learned rounding from GPTQ's codes (the compensated
-  weight GPTQ rounded, kept in the annotation's rounded_weight) instead of nearest rounding.
 - Conv2d layers with groups = 1 (the patch embedding) are rounded too, on their im2col patches.
 """
 from fxquant.passes.gptq import GptqOptions, gptq

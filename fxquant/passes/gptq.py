@@ -17,9 +17,7 @@ Layers that read the same value share one H. With gptq_skip_padding, rows of pad
 every attention padding mask of the graph drops, `fxquant/padding.py`) are left out of H:
 no other token reads them, so their error does not count. Only the integer codes change: scales, zero points,
 code ranges and the graph stay, so the export is the same QDQ graph. The float weight in the
-annotation stays the float model's (float_reference and other refinements read it); the
-compensated weight GPTQ rounded goes into the annotation's `rounded_weight`, where a later `+recon`
-starts its learned rounding (so it starts from GPTQ's codes, not from nearest rounding).
+annotation stays the float model's (float_reference and other refinements read it).
 """
 from __future__ import annotations
 
@@ -27,7 +25,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass, replace
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
 import torch
 import torch.fx as fx
@@ -69,19 +67,13 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-class GptqRounding(NamedTuple):
-    codes: torch.Tensor     # int32 codes on the grid
-    rounded: torch.Tensor   # the float weight after earlier columns' compensation: codes = nearest of it
-
-
 @torch.no_grad()
 @_one_thread()
 def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor,
                zero_point: torch.Tensor, qmin: int, qmax: int, damp: float = 0.01,
-               block_size: int = 128, act_order: bool = True) -> GptqRounding:
+               block_size: int = 128, act_order: bool = True) -> torch.Tensor:
     """Integer codes (int32, weight's shape) of `weight` (out, ...) on the per-row grid (scale,
-    zero_point, [qmin, qmax]) that GPTQ picks for the input Hessian `hessian` (fan_in, fan_in),
-    with the compensated weight each code is the nearest rounding of."""
+    zero_point, [qmin, qmax]) that GPTQ picks for the input Hessian `hessian` (fan_in, fan_in)."""
     w = weight.reshape(len(weight), -1).double().clone()
     h = hessian.double().clone()
     if h.shape != (w.shape[1], w.shape[1]):
@@ -99,19 +91,17 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor,
     u = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
     s = broadcast_shape(scale, 2, 0).double().expand(len(w), 1)[:, 0]
     z = broadcast_shape(zero_point, 2, 0).double().expand(len(w), 1)[:, 0]
-    codes, rounded = torch.empty_like(w), torch.empty_like(w)
+    codes = torch.empty_like(w)
     for i1 in range(0, w.shape[1], block_size):
         i2 = min(i1 + block_size, w.shape[1])
         wb, err = w[:, i1:i2], torch.empty(len(w), i2 - i1, dtype=w.dtype, device=w.device)
         for j in range(i2 - i1):
             q = torch.clamp(torch.round(wb[:, j] / s) + z, qmin, qmax)
-            codes[:, i1 + j], rounded[:, i1 + j] = q, wb[:, j]
+            codes[:, i1 + j] = q
             err[:, j] = (wb[:, j] - (q - z) * s) / u[i1 + j, i1 + j]
             wb[:, j:] -= torch.outer(err[:, j], u[i1 + j, i1 + j:i2])
         w[:, i2:] -= err @ u[i1:i2, i2:]
-    back = torch.argsort(order)
-    return GptqRounding(codes[:, back].reshape(weight.shape).to(torch.int32),
-                        rounded[:, back].reshape(weight.shape).to(weight.dtype))
+    return codes[:, torch.argsort(order)].reshape(weight.shape).to(torch.int32)
 
 
 def _rows(node: fx.Node, x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +150,8 @@ def _round_layer(gm: fx.GraphModule, node: fx.Node, h: torch.Tensor, opts: GptqO
     scale, zero_point = gm.get_buffer(w.scale.target), gm.get_buffer(w.zero_point.target)
     codes = gm.get_buffer(w.codes.target)
     qmin, qmax = note.weight_range
-    new, rounded = gptq_codes(note.float_weight, h, scale, zero_point, qmin, qmax, opts.gptq_damp,
-                              opts.gptq_block_size, opts.gptq_act_order)
-    annotation.update(node, rounded_weight=rounded)
+    new = gptq_codes(note.float_weight, h, scale, zero_point, qmin, qmax, opts.gptq_damp,
+                     opts.gptq_block_size, opts.gptq_act_order)
     changed = (new != codes.to(new.dtype)).float().mean().item()
     codes.copy_(new.to(codes.dtype))
     return {"layer": node.name, "fan_in": len(h), "codes_changed": round(changed, 4)}

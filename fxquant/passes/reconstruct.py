@@ -4,8 +4,6 @@ Each block of the quantized graph (`blocks.split_blocks`, cut at residual adds) 
 output on the calibration images matches the float block's (`float_reference`):
 - every quantized weight gets AdaRound's learned rounding, W^ = s·(clamp(floor(W/s) + h(V) + z) - z)
   with h a rectified sigmoid pushed to 0 or 1 by a regularizer whose exponent is annealed 20 -> 2;
-  W is the float weight, or after `+gptq` the compensated weight GPTQ rounded (its annotation's
-  `rounded_weight`), so training starts from GPTQ's codes instead of nearest rounding;
 - every uniform activation quantizer learns its step size (straight-through rounding, zero point
   fixed); other quantizers (log2, TanQ, ...) keep their parameters and pass gradients straight;
 - QDrop: while training, each activation keeps its float value with probability 1 - p, and the
@@ -211,8 +209,8 @@ class _TrainableBlock:
         w = dequantize.arguments(node.args[1])   # F.linear / conv2d(x, weight, ...)
         scale, zero_point = _resolve(self.module, w.scale), _resolve(self.module, w.zero_point)
         qmin, qmax = note.weight_range  # the code range the quantize pass used
-        start = note.float_weight if note.rounded_weight is None else note.rounded_weight
-        rounding = _LearnedRounding(start.to(scale.device), scale, zero_point, w.axis, qmin, qmax)
+        rounding = _LearnedRounding(note.float_weight.to(scale.device), scale, zero_point, w.axis,
+                                    qmin, qmax)
         self.roundings[w.codes.target] = rounding
         name = f"recon_{node.name}_weight"
         self.module.add_submodule(name, rounding)
@@ -387,9 +385,6 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
         for cache in (q_cache, f_cache):
             drop_unneeded(cache, q_blocks[i + 1:])
     bar.close()
-    for node in gm.graph.nodes:   # the codes are no longer the nearest rounding of a GPTQ weight
-        if annotation.of(node).rounded_weight is not None:
-            annotation.update(node, rounded_weight=None)
     gm.meta["recon"] = {"seconds": round(time.perf_counter() - start, 2), "blocks": stats,
                         "tokens_kept": None if kept is None else round(kept.float().mean().item(), 4)}
     return gm

@@ -94,11 +94,9 @@ def test_gptq_codes_on_correlated_inputs_beat_nearest_rounding():
     scale, zero_point = w.abs().amax(1) / 3, torch.zeros(24, dtype=torch.int32)
     nearest = quantize_codes(w, scale, zero_point, -4, 3, axis=0)
     for act_order in (False, True):
-        codes, rounded = gptq_codes(w, x.T @ x / len(x), scale, zero_point, -4, 3, block_size=8,
-                                    act_order=act_order)
+        codes = gptq_codes(w, x.T @ x / len(x), scale, zero_point, -4, 3, block_size=8,
+                           act_order=act_order)
         assert codes.min() >= -4 and codes.max() <= 3
-        assert torch.equal(codes, quantize_codes(rounded, scale, zero_point, -4, 3, axis=0))
-        assert not torch.equal(rounded, w)   # compensated
         errors = [(x @ (w - dequantize(c, scale, zero_point, 0)).T).pow(2).sum() for c in (codes, nearest)]
         assert errors[0] < 0.7 * errors[1]
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant import FxQuantError, annotation, config
+from fxquant import FxQuantError, config
 from fxquant.passes.float_reference import float_reference
 from fxquant.passes import reconstruct as reconstruct_module
 from fxquant.passes.reconstruct import reconstruct
@@ -83,24 +83,6 @@ def test_time_budget_stops_training():
     _, calib, cfg, qmodel = _setup(recon_max_seconds=0)
     reconstruct(qmodel, cfg, calib)
     assert all(b["iters"] == 0 for b in qmodel.meta["recon"]["blocks"])
-
-
-def _codes(gm):
-    return {k: v.clone() for k, v in gm.named_buffers() if k.endswith("_weight_codes")}
-
-
-def test_after_gptq_training_starts_from_its_codes():
-    """With no time to train, reconstruction returns the codes it started from: after +gptq
-    GPTQ's, otherwise the nearest rounding."""
-    model, calib, cfg, nearest = _setup(recon_max_seconds=0)
-    gptq_only = _codes(fxquant.convert(model, calib, replace(cfg, refine=("gptq",))))
-    both = fxquant.convert(model, calib, replace(cfg, refine=("gptq", "recon")))
-    assert all(torch.equal(gptq_only[k], v) for k, v in _codes(both).items())
-    assert all(annotation.of(n).rounded_weight is None for n in both.graph.nodes)
-    before = _codes(nearest)
-    reconstruct(nearest, cfg, calib)
-    assert all(torch.equal(before[k], v) for k, v in _codes(nearest).items())
-    assert any(not torch.equal(before[k], v) for k, v in gptq_only.items())
 
 
 def test_unknown_option_is_refused():
