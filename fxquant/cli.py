@@ -19,10 +19,6 @@ EXAMPLES = """examples:
 """
 
 
-def _quantize(args: argparse.Namespace) -> dict:
-    return quantize_command.run(args)
-
-
 # `fxquant bench NAME` -> (module in fxquant.bench with add_arguments/run/markdown, help)
 BENCHMARKS = {
     "speed": ("speed", "ONNX latency: FP32 vs fxquant vs onnxruntime quantize_static"),
@@ -91,7 +87,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     q = sub.add_parser("quantize", help="quantize a model, evaluate it, export ONNX")
     quantize_command.add_arguments(q)
-    q.set_defaults(run=_quantize)
+    q.set_defaults(run=quantize_command.run)
 
     recipes = sub.add_parser("recipes", help="list the recipes, what each is for, the bits that suit it")
     recipes.add_argument("--json", action="store_true", help="print a JSON list of {name, summary, bits}")
