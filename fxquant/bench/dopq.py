@@ -11,7 +11,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from fxquant import config, roles, workload
+from fxquant import config, options, roles, workload
 from fxquant.api import convert
 from fxquant.bench.accuracy import CIFAR10
 from fxquant.bench.parity import model_parity
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recon-iters", type=int, default=None, help="recon_iters (default: the pass's)")
     p.add_argument("--recon-max-seconds", type=float, default=None, help="recon_max_seconds")
     p.add_argument("--seed", type=int, default=0, help="recon_seed")
+    options.add_argument(p)
     p.add_argument("--parity-images", type=int, default=1000,
                    help="compare each row with its ONNX in onnxruntime on this many test images (0: skip)")
     p.add_argument("--rows-to", default=None,
@@ -58,12 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config(name: str, bits: str, args: argparse.Namespace) -> QuantConfig:
     cfg = config.RECIPES["dopq-vit"] if name == "dopq-vit" else variant(VARIANTS[name])
-    options = {"recon_seed": args.seed}
+    chosen = {"recon_seed": args.seed, **dict(args.option)}
     if args.recon_iters is not None:
-        options["recon_iters"] = args.recon_iters
+        chosen["recon_iters"] = args.recon_iters
     if args.recon_max_seconds is not None:
-        options["recon_max_seconds"] = args.recon_max_seconds
-    return config.resolve(cfg, bits, options=options)
+        chosen["recon_max_seconds"] = args.recon_max_seconds
+    return config.resolve(cfg, bits, options=chosen)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {"model": work.loaded.name, "calib_images": work.calib_images,
               "eval_images": work.eval_images, "recon_iters": args.recon_iters,
               "recon_max_seconds": args.recon_max_seconds, "seed": args.seed,
+              "options": dict(args.option),
               "fp32_top1": top1(work.loaded.model, work.test, "fp32"), "rows": []}
     for name, cfg in configs:
         qmodel = convert(work.loaded.model, work.calib, cfg)

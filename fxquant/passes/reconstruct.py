@@ -6,6 +6,8 @@ output on the calibration images matches the float block's (`float_reference`):
   with h a rectified sigmoid pushed to 0 or 1 by a regularizer whose exponent is annealed 20 -> 2;
 - every uniform activation quantizer learns its step size (straight-through rounding, zero point
   fixed); other quantizers (log2, TanQ, ...) keep their parameters and pass gradients straight;
+- optionally (recon_weight_step_lr > 0), each weight's per-row steps learn too: they stay what
+  the export reads (the scale buffers), so they cost nothing at run time and change no code;
 - QDrop: while training, each activation keeps its float value with probability 1 - p, and the
   block input mixes the quantized model's and the float model's inputs the same way;
 - padding tokens (keys every attention padding mask drops, `fxquant/padding.py`) are left out of
@@ -21,8 +23,8 @@ recon_max_seconds for the whole pass (split over the blocks left; a block stops 
 schedules follow elapsed time; None = no limit, the only setting whose result does not depend on
 the machine's speed),
 recon_seed, recon_batch_size, recon_drop_prob (p), recon_weight_lr, recon_scale_lr,
-recon_round_weight, recon_warmup (fraction without the regularizer), recon_adds_per_block
-(2 = attention + MLP of a transformer block), recon_skip_padding.
+recon_weight_step_lr, recon_round_weight, recon_warmup (fraction without the regularizer),
+recon_adds_per_block (2 = attention + MLP of a transformer block), recon_skip_padding.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ class ReconOptions(Options):
     recon_drop_prob: float = option(0.5, PROBABILITY)
     recon_weight_lr: float = option(1e-2, NON_NEGATIVE)
     recon_scale_lr: float = option(4e-4, NON_NEGATIVE)
+    recon_weight_step_lr: float = option(0.0, NON_NEGATIVE)   # 0: weights' steps stay fixed
     recon_round_weight: float = option(0.01, NON_NEGATIVE)
     recon_warmup: float = option(0.2, PROBABILITY)
     recon_adds_per_block: int = option(2, POSITIVE_INT)
@@ -132,12 +135,13 @@ class _LearnedRounding(nn.Module):
     """AdaRound on a stored weight: up or down per element, learned through h(V) in [0, 1]."""
     ZETA, GAMMA = 1.1, -0.1
 
-    def __init__(self, weight, scale, zero_point, axis: int, qmin: int, qmax: int):
+    def __init__(self, weight, scale, zero_point, axis: int, qmin: int, qmax: int, learn_step: bool):
         super().__init__()
-        self.scale = broadcast_shape(scale, weight.ndim, axis)
+        self.step = nn.Parameter(scale.detach().clone(), requires_grad=learn_step)
+        self.ndim, self.axis = weight.ndim, axis
         self.zero_point = broadcast_shape(zero_point, weight.ndim, axis).to(weight.dtype)
         self.qmin, self.qmax = qmin, qmax
-        ratio = weight / self.scale
+        ratio = weight / broadcast_shape(scale, weight.ndim, axis)
         self.floor = torch.floor(ratio)
         rest = (ratio - self.floor).clamp(1e-4, 1 - 1e-4)   # h(V) = rest at the start
         self.v = nn.Parameter(-torch.log((self.ZETA - self.GAMMA) / (rest - self.GAMMA) - 1))
@@ -147,7 +151,7 @@ class _LearnedRounding(nn.Module):
 
     def forward(self) -> torch.Tensor:
         q = torch.clamp(self.floor + self.soft() + self.zero_point, self.qmin, self.qmax)
-        return (q - self.zero_point) * self.scale
+        return (q - self.zero_point) * broadcast_shape(self.step, self.ndim, self.axis)
 
     def regularizer(self, beta: float) -> torch.Tensor:
         return (1 - (2 * self.soft() - 1).abs().pow(beta)).sum()
@@ -187,10 +191,11 @@ def _resolve(module: fx.GraphModule, arg):
 class _TrainableBlock:
     """A block module whose quantizers are replaced in place by trainable ones."""
 
-    def __init__(self, module: fx.GraphModule, drop: _Dropper):
-        self.module, self.drop = module, drop
+    def __init__(self, module: fx.GraphModule, drop: _Dropper, opts: ReconOptions):
+        self.module, self.drop, self.opts = module, drop, opts
         self.roundings: dict[str, _LearnedRounding] = {}   # weight-codes buffer -> rounding
         self.steps: dict[str, _LearnedStep] = {}           # scale buffer -> learned step
+        self.weight_steps: dict[str, _LearnedRounding] = {}  # weight-scale buffer -> its rounding
         graph = module.graph
         for node in list(graph.nodes):
             if node.op == "call_function" and annotation.of(node).weighted:
@@ -210,8 +215,10 @@ class _TrainableBlock:
         scale, zero_point = _resolve(self.module, w.scale), _resolve(self.module, w.zero_point)
         qmin, qmax = note.weight_range  # the code range the quantize pass used
         rounding = _LearnedRounding(note.float_weight.to(scale.device), scale, zero_point, w.axis,
-                                    qmin, qmax)
+                                    qmin, qmax, self.opts.recon_weight_step_lr > 0)
         self.roundings[w.codes.target] = rounding
+        if self.opts.recon_weight_step_lr > 0:
+            self.weight_steps[w.scale.target] = rounding
         name = f"recon_{node.name}_weight"
         self.module.add_submodule(name, rounding)
         with self.module.graph.inserting_before(node):
@@ -240,6 +247,8 @@ class _TrainableBlock:
             codes.copy_(rounding.codes().to(codes.dtype))
         for scale_name, step in self.steps.items():
             getattr(self.module, scale_name).copy_(step.scale)
+        for scale_name, rounding in self.weight_steps.items():
+            getattr(self.module, scale_name).copy_(rounding.step)
 
 
 def _lp_loss(out: torch.Tensor, target: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
@@ -296,9 +305,13 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, kept,
     inputs = [v.name for v in spec.inputs if v.name in q_cache]
     outputs = [v.name for v in spec.outputs]
     roundings = list(block.roundings.values())
-    steps = list(block.steps.values())
+    act_steps = [s.scale for s in block.steps.values()]
+    weight_steps = [r.step for r in block.weight_steps.values()]
+    scales = act_steps + weight_steps
     opt_w = torch.optim.Adam([r.v for r in roundings], lr=opts.recon_weight_lr) if roundings else None
-    opt_s = torch.optim.Adam([s.scale for s in steps], lr=opts.recon_scale_lr) if steps else None
+    groups = [{"params": params, "lr": lr, "base_lr": lr} for params, lr in (
+        (act_steps, opts.recon_scale_lr), (weight_steps, opts.recon_weight_step_lr)) if params]
+    opt_s = torch.optim.Adam(groups) if groups else None
     total = len(next(iter(targets.values())))
     iters, warmup = opts.recon_iters, opts.recon_warmup
     cut = False
@@ -338,11 +351,11 @@ def _train(block: _TrainableBlock, spec: Block, q_cache, f_cache, targets, kept,
             opt_w.step()
         if opt_s is not None:
             for group in opt_s.param_groups:  # cosine decay, as in QDrop
-                group["lr"] = opts.recon_scale_lr * 0.5 * (1 + math.cos(math.pi * progress))
+                group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * progress))
             opt_s.step()
             with torch.no_grad():
-                for s in steps:
-                    s.scale.clamp_(min=MIN_SCALE)
+                for scale in scales:
+                    scale.clamp_(min=MIN_SCALE)
         first = rec.item() if first is None else first
         last = rec.item()
         bar.update(1)
@@ -374,7 +387,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
         floats = {f.name: f_cache[q.name] for q, f in zip(qb.inputs, fb.inputs) if q.name in f_cache}
         targets = run_block(block_module(reference, fb), fb, floats)
         targets = {q.name: targets[f.name] for q, f in zip(qb.outputs, fb.outputs)}
-        block = _TrainableBlock(block_module(gm, qb), drop)
+        block = _TrainableBlock(block_module(gm, qb), drop, opts)
         if block.roundings or block.steps:
             seconds = None if budget is None else \
                 max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)

@@ -22,3 +22,15 @@ def test_ablation_rows_follow_the_variants(tmp_path, capsys):
         # differs by at most the one image the runtimes may disagree on
         assert r["parity"]["pytorch_top1"] == r["top1"]
         assert abs(r["parity"]["onnxruntime_top1"] - r["top1"]) <= 1 / 8
+
+
+def test_options_reach_every_variant_and_are_recorded(capsys):
+    args = ["bench", "dopq", "--variants", "recon", "--bits", "w4a4", "--calib", "8", "--eval", "8",
+            "--recon-iters", "2", "--calib-data", str(zoo.BUNDLED_CALIB),
+            "--test-data", str(zoo.BUNDLED_TEST), "--parity-images", "0", "--json"]
+    assert main(args + ["--option", "recon_weight_step_lr=4e-4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["options"] == {"recon_weight_step_lr": 4e-4}
+    assert result["rows"][0]["recon_iters"] == [2] * 7   # six layers and the head
+    assert main(args + ["--option", "recon_weight_step=4e-4"]) != 0
+    assert "did you mean 'recon_weight_step_lr'" in capsys.readouterr().err

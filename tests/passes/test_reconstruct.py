@@ -71,6 +71,20 @@ def test_reconstruction_lowers_the_error_and_keeps_the_structure():
     assert len(qmodel.meta["recon"]["blocks"]) == 3               # 2 blocks + the head
 
 
+@pytest.mark.parametrize("lr", [0.0, 1e-3])
+def test_weight_steps_learn_only_when_asked(lr):
+    _, calib, cfg, qmodel = _setup(recon_iters=100, recon_weight_step_lr=lr)
+    reference = float_reference(qmodel)
+    before = {k: v.clone() for k, v in qmodel.named_buffers() if k.endswith("_weight_scale")}
+    error = _error(qmodel, reference, calib)
+    reconstruct(qmodel, cfg, calib)
+    after = dict(qmodel.named_buffers())
+    assert len(before) == 10
+    assert any(not torch.equal(v, after[k]) for k, v in before.items()) == (lr > 0)
+    assert all((after[k] > 0).all() for k in before)
+    assert _error(qmodel, reference, calib) < 0.8 * error
+
+
 def test_recon_chains_on_a_recipe_and_is_deterministic():
     model, calib, cfg, _ = _setup()
     cfg = replace(config.resolve("minmax+recon", "w3a4"), options=cfg.options)
