@@ -7,7 +7,7 @@ output on the calibration images matches the float block's (`float_reference`):
 - every uniform activation quantizer learns its step size (straight-through rounding, zero point
   fixed); other quantizers (log2, TanQ, ...) keep their parameters and pass gradients straight;
 - optionally (recon_weight_step_lr > 0), each weight's per-row steps learn too: they stay what
-  the export reads (the scale buffers), so they cost nothing at run time and change no code;
+  the export reads (the scale buffers), so they cost nothing at run time and change no integer code;
 - QDrop: while training, each activation keeps its float value with probability 1 - p, and the
   block input mixes the quantized model's and the float model's inputs the same way;
 - padding tokens (keys every attention padding mask drops, `fxquant/padding.py`) are left out of

@@ -24,7 +24,7 @@ def test_ablation_rows_follow_the_variants(tmp_path, capsys):
         assert abs(r["parity"]["onnxruntime_top1"] - r["top1"]) <= 1 / 8
 
 
-def test_options_reach_every_variant_and_are_recorded(capsys):
+def test_pass_options_are_applied_and_recorded(capsys):
     args = ["bench", "dopq", "--variants", "recon", "--bits", "w4a4", "--calib", "8", "--eval", "8",
             "--recon-iters", "2", "--calib-data", str(zoo.BUNDLED_CALIB),
             "--test-data", str(zoo.BUNDLED_TEST), "--parity-images", "0", "--json"]
