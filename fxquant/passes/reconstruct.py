@@ -191,8 +191,8 @@ def _resolve(module: fx.GraphModule, arg):
 class _TrainableBlock:
     """A block module whose quantizers are replaced in place by trainable ones."""
 
-    def __init__(self, module: fx.GraphModule, drop: _Dropper, opts: ReconOptions):
-        self.module, self.drop, self.opts = module, drop, opts
+    def __init__(self, module: fx.GraphModule, drop: _Dropper, learn_weight_steps: bool):
+        self.module, self.drop, self.learn_weight_steps = module, drop, learn_weight_steps
         self.roundings: dict[str, _LearnedRounding] = {}   # weight-codes buffer -> rounding
         self.steps: dict[str, _LearnedStep] = {}           # scale buffer -> learned step
         self.weight_steps: dict[str, _LearnedRounding] = {}  # weight-scale buffer -> its rounding
@@ -215,9 +215,9 @@ class _TrainableBlock:
         scale, zero_point = _resolve(self.module, w.scale), _resolve(self.module, w.zero_point)
         qmin, qmax = note.weight_range  # the code range the quantize pass used
         rounding = _LearnedRounding(note.float_weight.to(scale.device), scale, zero_point, w.axis,
-                                    qmin, qmax, self.opts.recon_weight_step_lr > 0)
+                                    qmin, qmax, self.learn_weight_steps)
         self.roundings[w.codes.target] = rounding
-        if self.opts.recon_weight_step_lr > 0:
+        if self.learn_weight_steps:
             self.weight_steps[w.scale.target] = rounding
         name = f"recon_{node.name}_weight"
         self.module.add_submodule(name, rounding)
@@ -387,7 +387,7 @@ def reconstruct(gm: fx.GraphModule, config: QuantConfig, calib_loader: Iterable)
         floats = {f.name: f_cache[q.name] for q, f in zip(qb.inputs, fb.inputs) if q.name in f_cache}
         targets = run_block(block_module(reference, fb), fb, floats)
         targets = {q.name: targets[f.name] for q, f in zip(qb.outputs, fb.outputs)}
-        block = _TrainableBlock(block_module(gm, qb), drop, opts)
+        block = _TrainableBlock(block_module(gm, qb), drop, opts.recon_weight_step_lr > 0)
         if block.roundings or block.steps:
             seconds = None if budget is None else \
                 max(0.0, budget - (time.perf_counter() - start)) / (len(q_blocks) - i)
