@@ -2,7 +2,9 @@
 
 Variants start from `repq-vit` and switch on DopQ-ViT's parts one by one: TanQ for post-Softmax,
 the MOSF (median) fold target, block reconstruction (`recon`); each alone, TanQ and MOSF with
-reconstruction held fixed, and the `dopq-vit` recipe as registered. Reconstruction options
+reconstruction held fixed, and the `dopq-vit` recipe as registered. One part from outside the
+paper can join them: `smooth`, the MLP's hidden activations smoothed into fc2 (repq-vit-mlp's
+pass). Reconstruction options
 (iterations, time budget, seed) come from the command line, so every variant gets the same.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fxquant.evaluate import top1
 PARTS = ("tanq", "mosf", "recon")
 VARIANTS = {"repq-vit": (), "tanq": ("tanq",), "mosf": ("mosf",), "recon": ("recon",),
             "tanq+recon": ("tanq", "recon"), "mosf+recon": ("mosf", "recon"),
-            "tanq+mosf+recon": PARTS}
+            "tanq+mosf+recon": PARTS, "tanq+mosf+smooth+recon": ("tanq", "mosf", "smooth", "recon")}
 BITS = ("w6a6", "w4a4", "w3a3")
 
 
@@ -33,6 +35,9 @@ def variant(parts: tuple[str, ...]) -> QuantConfig:
             quantizer="tan", observer="mse", bits="attn")})
     if "mosf" in parts:
         cfg = replace(cfg, options={**cfg.options, "fold_target": "median"})
+    if "smooth" in parts:
+        cfg = replace(cfg, passes=cfg.passes + ("smooth_channels",), roles={
+            **cfg.roles, roles.POST_GELU: RoleSpec(observer="mse", per_channel=True)})
     if "recon" in parts:
         cfg = replace(cfg, refine=cfg.refine + ("recon",))
     return replace(cfg, name="+".join(("repq-vit",) + parts))

@@ -60,10 +60,12 @@ def level_table(bits: int, theta: float, crossover: float = 0.5) -> tuple[torch.
 def tan_quant(x: torch.Tensor, thresholds: torch.Tensor, codebook: torch.Tensor,
               fine_scale: torch.Tensor) -> torch.Tensor:
     """x -> codebook[#{t_k <= x}] · fine_scale (the codebook holds integers in [0, 65535]), summed
-    from its uint8 halves as the ONNX lowering computes it."""
+    from its uint8 halves as the ONNX lowering computes it. The sum is formed on the 2^b-entry
+    table, then gathered: per element the same float32 operations as in ONNX, one gather of x's
+    size instead of two gathers and three arithmetic passes."""
     q = torch.bucketize(x, thresholds, right=True)
-    high, low = (codebook // HALF)[q], (codebook % HALF)[q]  # split the 2^b-entry table, not x
-    return high.to(fine_scale.dtype) * (fine_scale * HALF) + low.to(fine_scale.dtype) * fine_scale
+    high, low = (codebook // HALF).to(fine_scale.dtype), (codebook % HALF).to(fine_scale.dtype)
+    return (high * (fine_scale * HALF) + low * fine_scale)[q]
 
 
 @register("tan")

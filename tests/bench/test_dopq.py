@@ -1,6 +1,7 @@
 import json
 
-from fxquant import zoo
+from fxquant import roles, zoo
+from fxquant.bench.dopq import VARIANTS, variant
 from fxquant.cli import main
 
 
@@ -34,3 +35,15 @@ def test_pass_options_are_applied_and_recorded(capsys):
     assert result["rows"][0]["recon_iters"] == [2] * 7   # six layers and the head
     assert main(args + ["--option", "recon_weight_step=4e-4"]) != 0
     assert "did you mean 'recon_weight_step_lr'" in capsys.readouterr().err
+
+
+def test_smooth_part_adds_the_pass_and_exports(capsys):
+    cfg = variant(VARIANTS["tanq+mosf+smooth+recon"])
+    assert cfg.passes == ("reparameterize_layernorm", "smooth_channels") and cfg.refine == ("recon",)
+    assert cfg.roles[roles.POST_GELU].per_channel and cfg.options == {"fold_target": "median"}
+    args = ["bench", "dopq", "--variants", "tanq+mosf+smooth+recon", "--bits", "w4a4", "--calib", "8",
+            "--eval", "8", "--recon-iters", "2", "--calib-data", str(zoo.BUNDLED_CALIB),
+            "--test-data", str(zoo.BUNDLED_TEST), "--parity-images", "8", "--json"]
+    assert main(args) == 0
+    row, = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert row["recon_iters"] == [2] * 7 and row["parity"]["top1_agreement"] >= 7 / 8
