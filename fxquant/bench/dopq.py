@@ -4,8 +4,8 @@ Variants start from `repq-vit` and switch on DopQ-ViT's parts one by one: TanQ f
 the MOSF (median) fold target, block reconstruction (`recon`); each alone, TanQ and MOSF with
 reconstruction held fixed, and the `dopq-vit` recipe as registered. One part from outside the
 paper can join them: `smooth`, the MLP's hidden activations smoothed into fc2 (repq-vit-mlp's
-pass). Reconstruction options
-(iterations, time budget, seed) come from the command line, so every variant gets the same.
+pass). Reconstruction options (iterations, time budget, seed) come from the command line, so
+every variant gets the same.
 """
 from __future__ import annotations
 
