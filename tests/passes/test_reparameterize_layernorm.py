@@ -61,9 +61,12 @@ def _calibrated(model, data):
     return gm
 
 
-@pytest.mark.parametrize("model,x", [(_QKV(), torch.randn(4, 10, 16)),
-                                     (_SwinWindow(), torch.randn(2, 6, 6, 8))])
-def test_fold_keeps_the_float_function_and_leaves_an_integer_per_tensor_grid(model, x):
+# Models and inputs are drawn inside each test, after conftest seeds it: drawn at collection they
+# changed with the collection order (pytest-xdist), and 2 of 150 draws of _QKV exceed the first
+# test's tolerance (softmax amplifies float32 rounding of large scores), which made it flaky.
+@pytest.mark.parametrize("make,shape", [(_QKV, (4, 10, 16)), (_SwinWindow, (2, 6, 6, 8))])
+def test_fold_keeps_the_float_function_and_leaves_an_integer_per_tensor_grid(make, shape):
+    model, x = make(), torch.randn(shape)
     expected = model(x)
     gm = reparameterize_layernorm(_calibrated(model, x), CFG, [x])
     torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-5)
@@ -206,10 +209,10 @@ def _column_spread(linear: nn.Linear) -> float:
     return float(columns.max() / columns.median())
 
 
-@pytest.mark.parametrize("model,x", [(_PostLN(), torch.randn(4, 10, 16)),
-                                     (_QKV(), torch.randn(4, 10, 16)),
-                                     (_SwinWindow(), torch.randn(2, 6, 6, 8))])
-def test_fold_rotate_keeps_the_float_function_and_rotates_every_post_ln_quantizer_input(model, x):
+@pytest.mark.parametrize("make,shape", [(_PostLN, (4, 10, 16)), (_QKV, (4, 10, 16)),
+                                        (_SwinWindow, (2, 6, 6, 8))])
+def test_fold_rotate_keeps_the_float_function_and_rotates_every_post_ln_quantizer_input(make, shape):
+    model, x = make(), torch.randn(shape)
     expected = model(x)
     gm = reparameterize_layernorm(_calibrated(model, x), ROTATE, [x])
     # float32 rounding of the rotated sums (~1e-7 relative); a misread layout is off by order 1
