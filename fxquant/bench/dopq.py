@@ -4,8 +4,8 @@ Variants start from `repq-vit` and switch on DopQ-ViT's parts one by one: TanQ f
 the MOSF (median) fold target, block reconstruction (`recon`); each alone, TanQ and MOSF with
 reconstruction held fixed, and the `dopq-vit` recipe as registered. One part from outside the
 paper can join them: `smooth`, the MLP's hidden activations smoothed into fc2 (repq-vit-mlp's
-pass). Reconstruction options (iterations, time budget, seed) come from the command line, so
-every variant gets the same.
+pass, with the pass's default α = 0.5, not repq-vit-mlp's 1.0). Reconstruction options
+(iterations, time budget, seed) come from the command line, so every variant gets the same.
 """
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ def variant(parts: tuple[str, ...]) -> QuantConfig:
             quantizer="tan", observer="mse", bits="attn")})
     if "mosf" in parts:
         cfg = replace(cfg, options={**cfg.options, "fold_target": "median"})
-    if "smooth" in parts:
-        cfg = replace(cfg, passes=cfg.passes + ("smooth_channels",), roles={
-            **cfg.roles, roles.POST_GELU: RoleSpec(observer="mse", per_channel=True)})
+    if "smooth" in parts:   # repq-vit-mlp's passes and GELU role; its smooth_alpha is not taken
+        mlp = config.RECIPES["repq-vit-mlp"]
+        cfg = replace(cfg, passes=mlp.passes,
+                      roles={**cfg.roles, roles.POST_GELU: mlp.roles[roles.POST_GELU]})
     if "recon" in parts:
         cfg = replace(cfg, refine=cfg.refine + ("recon",))
     return replace(cfg, name="+".join(("repq-vit",) + parts))
